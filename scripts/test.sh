@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every pacsflow test. Installs what the tests need when it is missing:
+# Go modules (go mod download), DCMTK (apt-get install dcmtk) for the interop
+# tests, and a Python venv (.venv) with pynetdicom and pydicom.
+# Set FUZZTIME (default 30s) to change how long each fuzz target runs; FUZZTIME=0 skips fuzzing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+need_go
+need_dcmtk
+need_venv
+
+export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
+echo "== go vet"
+go vet ./...
+echo "== go test"
+go test -count=1 -timeout 20m ./...
+FUZZTIME=${FUZZTIME:-30s}
+if [ "$FUZZTIME" != "0" ]; then
+  while read -r pkg target; do
+    echo "== fuzz $pkg $target ($FUZZTIME)"
+    go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg"
+  done < <(grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
+      for t in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do echo "./$(dirname "${f#./}") $t"; done
+    done | sort)
+fi
+echo "== all tests passed"
