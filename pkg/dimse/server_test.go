@@ -733,4 +733,3 @@ func BenchmarkStore512KiB(b *testing.B) {
 		}
 	}
 }
-

@@ -37,14 +37,14 @@ var ErrNotPart10 = errors.New("not a DICOM Part 10 file")
 
 // Meta element tags.
 const (
-	tagGroupLength       = 0x00020000
-	tagVersion           = 0x00020001
-	tagSOPClass          = 0x00020002
-	tagSOPInstance       = 0x00020003
-	tagTransferSyntax    = 0x00020010
-	tagImplClass         = 0x00020012
-	tagImplVersion       = 0x00020013
-	tagSourceAE          = 0x00020016
+	tagGroupLength    = 0x00020000
+	tagVersion        = 0x00020001
+	tagSOPClass       = 0x00020002
+	tagSOPInstance    = 0x00020003
+	tagTransferSyntax = 0x00020010
+	tagImplClass      = 0x00020012
+	tagImplVersion    = 0x00020013
+	tagSourceAE       = 0x00020016
 )
 
 // Reader is a Part 10 stream positioned at the start of its data set.
