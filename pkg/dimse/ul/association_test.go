@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -366,5 +367,66 @@ func TestRejectedRequest(t *testing.T) {
 	var rj *RejectedError
 	if !errors.As(err, &rj) || !rj.Remote || rj.Result != pdu.RejectTransient || rj.Reason != pdu.RejectLocalLimitExceeded {
 		t.Fatalf("Request: %v, want the transient rejection", err)
+	}
+}
+
+// writeRecorder checks that every Write carries exactly one whole PDU:
+// split writes stall on Nagle's algorithm and delayed ACKs.
+type writeRecorder struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+	bad    []string
+}
+
+func (w *writeRecorder) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	w.writes++
+	if len(b) < pdu.HeaderLen || int(b[2])<<24|int(b[3])<<16|int(b[4])<<8|int(b[5]) != len(b)-pdu.HeaderLen {
+		w.bad = append(w.bad, fmt.Sprintf("write of %d bytes is not one PDU", len(b)))
+	}
+	w.mu.Unlock()
+	return w.Conn.Write(b)
+}
+
+func TestEachPDUInOneWrite(t *testing.T) {
+	client, server := tcpPair(t)
+	rec := &writeRecorder{Conn: client}
+	accepted := make(chan *Association, 1)
+	go func() {
+		a, err := Accept(context.Background(), server, Config{MaxPDataLength: 4096}, acceptAll)
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- a
+	}()
+	scu, err := Request(context.Background(), rec, Config{}, testRQ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	scp := <-accepted
+	go func() {
+		for {
+			if _, err := scp.NextPDV(); err != nil {
+				if errors.Is(err, ErrReleaseRequested) {
+					_ = scp.RespondRelease()
+				}
+				return
+			}
+		}
+	}()
+	if err := scu.Send(1, true, make([]byte, 10000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := scu.SendFrom(1, false, bytes.NewReader(make([]byte, 50000))); err != nil {
+		t.Fatal(err)
+	}
+	if err := scu.Release(); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.bad) > 0 || rec.writes < 17 {
+		t.Fatalf("%d writes, problems: %v", rec.writes, rec.bad)
 	}
 }
