@@ -69,6 +69,12 @@ func (d *dirStore) HandleStore(ctx context.Context, req *dimse.StoreIndication, 
 		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
 	}
 	tmp := f.Name()
+	// CreateTemp makes the file private; received instances are ordinary files.
+	if err := f.Chmod(0o644); err != nil {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
+	}
 	if err := d.write(f, req, data); err != nil {
 		_ = f.Close()
 		_ = os.Remove(tmp)
