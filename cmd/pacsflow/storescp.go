@@ -69,32 +69,31 @@ func (d *dirStore) HandleStore(ctx context.Context, req *dimse.StoreIndication, 
 		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
 	}
 	tmp := f.Name()
-	// CreateTemp makes the file private; received instances are ordinary files.
-	if err := f.Chmod(0o644); err != nil {
-		_ = f.Close()
-		_ = os.Remove(tmp)
-		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
+	err = d.write(f, req, data)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = dimse.Fail(dimse.StatusOutOfResources, cerr)
 	}
-	if err := d.write(f, req, data); err != nil {
-		_ = f.Close()
+	if err == nil {
+		err = d.commit(tmp, filepath.Join(d.dir, req.AffectedSOPInstanceUID+".dcm"))
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return dimse.Result{}, err
 	}
-	if err := f.Close(); err != nil {
-		_ = os.Remove(tmp)
-		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
-	}
-	final := filepath.Join(d.dir, req.AffectedSOPInstanceUID+".dcm")
+	return dimse.Result{Status: dimse.StatusSuccess}, nil
+}
+
+// commit gives a complete file its final name.
+func (d *dirStore) commit(tmp, final string) error {
 	if err := os.Rename(tmp, final); err != nil {
-		_ = os.Remove(tmp)
-		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
+		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
 	if d.fsync {
 		if err := syncDir(d.dir); err != nil {
-			return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
+			return dimse.Fail(dimse.StatusOutOfResources, err)
 		}
 	}
-	return dimse.Result{Status: dimse.StatusSuccess}, nil
+	return nil
 }
 
 func (d *dirStore) write(f *os.File, req *dimse.StoreIndication, data io.Reader) error {
@@ -106,6 +105,10 @@ func (d *dirStore) write(f *os.File, req *dimse.StoreIndication, data io.Reader)
 		ImplementationVersionName:    uid.ImplementationVersionName,
 		SourceApplicationEntityTitle: req.Association.CallingAE,
 	})
+	// CreateTemp makes the file private; received instances are ordinary files.
+	if err := f.Chmod(0o644); err != nil {
+		return dimse.Fail(dimse.StatusOutOfResources, err)
+	}
 	if _, err := f.Write(hdr); err != nil {
 		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
