@@ -15,6 +15,7 @@ import (
 
 	"github.com/pacsflow/pacsflow/pkg/dimse"
 	"github.com/pacsflow/pacsflow/pkg/part10"
+	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
 func runStoreSCU(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -205,6 +206,10 @@ func proposalsFor(files []dicomFile, idx []int) ([]dimse.Proposal, int) {
 var errFile = errors.New("file")
 
 func sendFile(ctx context.Context, c *dimse.Client, f dicomFile) (dimse.Result, error) {
+	if f.size%2 == 1 && f.ts != uid.DeflatedExplicitVRLittleEndian {
+		// Checked here, before the association would have to be aborted mid-way.
+		return dimse.Result{}, fmt.Errorf("%w: %w (%d bytes)", errFile, dimse.ErrOddLength, f.size)
+	}
 	fh, err := os.Open(f.path)
 	if err != nil {
 		return dimse.Result{}, fmt.Errorf("%w: %w", errFile, err)

@@ -163,7 +163,7 @@ func (c *Client) Store(ctx context.Context, req StoreRequest, transferSyntax str
 	if err := c.c.writeCommand(pc.ID, NewCStoreRQ(req)); err != nil {
 		return Result{}, fmt.Errorf("send C-STORE-RQ: %w", err)
 	}
-	if _, err := c.a.SendFrom(pc.ID, false, data); err != nil {
+	if _, err := c.a.SendFrom(pc.ID, false, &evenReader{r: data, deflated: transferSyntax == uid.DeflatedExplicitVRLittleEndian}); err != nil {
 		_ = c.a.Abort(err)
 		return Result{}, fmt.Errorf("send data set of %s: %w", req.AffectedSOPInstanceUID, err)
 	}
@@ -174,6 +174,40 @@ func (c *Client) Store(ctx context.Context, req StoreRequest, transferSyntax str
 	st, _ := rsp.Status()
 	comment, _ := rsp.String(TagErrorComment)
 	return Result{Status: st, Comment: comment}, nil
+}
+
+// evenReader makes a data set's length even, as PS3.5 §7 requires: a
+// deflated data set is a byte stream and gets the trailing NUL of PS3.5
+// §A.5; any other encoding of odd length is broken, and sending stops with
+// an error rather than deliver it.
+type evenReader struct {
+	r        io.Reader
+	deflated bool
+	n        int64
+	padded   bool
+}
+
+// ErrOddLength reports a native data set of odd length.
+var ErrOddLength = errors.New("data set has an odd length")
+
+func (e *evenReader) Read(p []byte) (int, error) {
+	if e.padded {
+		return 0, io.EOF
+	}
+	n, err := e.r.Read(p)
+	e.n += int64(n)
+	if err != io.EOF || e.n%2 == 0 {
+		return n, err
+	}
+	if !e.deflated {
+		return n, fmt.Errorf("%w (%d bytes)", ErrOddLength, e.n)
+	}
+	if n < len(p) {
+		p[n] = 0
+		e.padded = true
+		return n + 1, nil
+	}
+	return n, nil
 }
 
 // response reads the response to message id.

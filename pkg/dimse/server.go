@@ -222,7 +222,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		(*cancel)(ErrServerClosed)
 	}
 	s.mu.Unlock()
-	s.log.Warn("aborting associations still active at shutdown", "count", n)
+	if n > 0 {
+		s.log.Warn("aborting associations still active at shutdown", "count", n)
+	}
 	<-done
 	return ctx.Err()
 }

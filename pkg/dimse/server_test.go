@@ -146,7 +146,7 @@ func TestEchoAndStore(t *testing.T) {
 	if err != nil || st != StatusSuccess {
 		t.Fatalf("echo: %v %v", st, err)
 	}
-	sizes := []int64{0, 1, 1 << 10, 3<<20 + 17}
+	sizes := []int64{0, 2, 1 << 10, 3<<20 + 18}
 	for i, n := range sizes {
 		req := StoreRequest{AffectedSOPClassUID: uid.CTImageStorage, AffectedSOPInstanceUID: fmt.Sprintf("1.2.3.%d", i), Priority: PriorityHigh}
 		res, err := c.Store(context.Background(), req, uid.ExplicitVRLittleEndian, &pattern{n: n})
@@ -169,6 +169,30 @@ func TestEchoAndStore(t *testing.T) {
 			g.req.Association.CallingAE != "TESTSCU" || g.req.Association.CalledAE != "TESTSCP" || g.req.Association.ID == "" {
 			t.Errorf("store %d: indication %+v %+v", i, g.req, g.req.Association)
 		}
+	}
+}
+
+// Data sets have even length (PS3.5 §7): a deflated one of odd length is
+// padded with a NUL (PS3.5 §A.5), any other is refused before it is complete.
+func TestOddLengthDataSets(t *testing.T) {
+	rec := &recorder{}
+	_, addr := startServer(t, ServerConfig{Store: rec})
+	deflated := Proposal{AbstractSyntax: uid.CTImageStorage, TransferSyntaxes: []string{uid.DeflatedExplicitVRLittleEndian}}
+	c := dial(t, addr, ctProposal, deflated)
+	res, err := c.Store(context.Background(), StoreRequest{AffectedSOPClassUID: uid.CTImageStorage, AffectedSOPInstanceUID: "1.2.1"}, uid.DeflatedExplicitVRLittleEndian, bytes.NewReader([]byte{1, 2, 3}))
+	if err != nil || res.Status != StatusSuccess {
+		t.Fatalf("deflated store: %v %v", res, err)
+	}
+	if g := rec.all()[0]; g.n != 4 || g.sha != sha256.Sum256([]byte{1, 2, 3, 0}) {
+		t.Fatalf("received %d bytes, want the 3 sent and a NUL", g.n)
+	}
+	_, err = c.Store(context.Background(), StoreRequest{AffectedSOPClassUID: uid.CTImageStorage, AffectedSOPInstanceUID: "1.2.2"}, uid.ExplicitVRLittleEndian, &pattern{n: 1<<20 + 1})
+	if !errors.Is(err, ErrOddLength) {
+		t.Fatalf("odd native data set: %v, want ErrOddLength", err)
+	}
+	waitFor(t, func() bool { return len(rec.all()) == 2 })
+	if g := rec.all()[1]; g.err == nil {
+		t.Fatal("the receiver saw a complete data set")
 	}
 }
 

@@ -140,13 +140,15 @@ func Decode(b []byte) (PDU, error) {
 }
 
 func decodeBody(t Type, body []byte, pdata *PDataTF) (PDU, error) {
+	// Each case returns through pduOrNil so that a failed decode yields a
+	// nil interface rather than a typed nil pointer.
 	switch t {
 	case TypeAssociateRQ:
-		return decodeAssociateRQ(body)
+		return pduOrNil(decodeAssociateRQ(body))
 	case TypeAssociateAC:
-		return decodeAssociateAC(body)
+		return pduOrNil(decodeAssociateAC(body))
 	case TypeAssociateRJ:
-		return decodeAssociateRJ(body)
+		return pduOrNil(decodeAssociateRJ(body))
 	case TypePDataTF:
 		if err := decodePDataTF(body, pdata); err != nil {
 			return nil, err
@@ -163,7 +165,14 @@ func decodeBody(t Type, body []byte, pdata *PDataTF) (PDU, error) {
 		}
 		return ReleaseRP{}, nil
 	case TypeAbort:
-		return decodeAbort(body)
+		return pduOrNil(decodeAbort(body))
 	}
 	return nil, fmt.Errorf("%w 0x%02X", ErrUnknownType, byte(t))
+}
+
+func pduOrNil[P PDU](p P, err error) (PDU, error) {
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }
