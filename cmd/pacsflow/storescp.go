@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -109,15 +110,21 @@ func (d *dirStore) write(f *os.File, req *dimse.StoreIndication, data io.Reader)
 	if err := f.Chmod(0o644); err != nil {
 		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	if _, err := f.Write(hdr); err != nil {
+	// The buffer joins the header and small fragments into fewer writes;
+	// fragments as large as the buffer go straight to the file.
+	w := bufio.NewWriterSize(f, 256<<10)
+	if _, err := w.Write(hdr); err != nil {
 		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	if _, err := io.Copy(f, data); err != nil {
+	if _, err := io.Copy(w, data); err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
 			return dimse.Fail(dimse.StatusOutOfResources, err)
 		}
 		return fmt.Errorf("receive data set: %w", err)
+	}
+	if err := w.Flush(); err != nil {
+		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
 	if d.fsync {
 		if err := f.Sync(); err != nil {

@@ -1,6 +1,7 @@
 package ul
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -48,6 +49,9 @@ type Transition struct {
 func (t Transition) String() string {
 	return fmt.Sprintf("%s + %s -> %s -> %s", t.From, t.Event, t.Action, t.To)
 }
+
+// readBufferSize is the transport read buffer of an association.
+const readBufferSize = 64 << 10
 
 // Defaults of Config.
 const (
@@ -138,7 +142,9 @@ type Association struct {
 
 func newAssociation(conn net.Conn, cfg Config, requestor bool) *Association {
 	cfg = cfg.withDefaults()
-	rd := pdu.NewReader(conn)
+	// Buffering lets one read take a PDU header together with what follows;
+	// large PDU bodies bypass the buffer.
+	rd := pdu.NewReader(bufio.NewReaderSize(conn, readBufferSize))
 	rd.MaxPDataLength = cfg.MaxPDataLength
 	return &Association{conn: conn, cfg: cfg, rd: rd, requestor: requestor, state: Sta1}
 }
