@@ -211,8 +211,8 @@ func (c *Command) Field() uint16 { v, _ := c.Uint16(TagCommandField); return v }
 // HasDataSet reports whether a data set follows the command (PS3.7 §E.1:
 // any CommandDataSetType other than 0101H).
 func (c *Command) HasDataSet() bool {
-	v, _ := c.Uint16(TagCommandDataSetType)
-	return v != noDataSet
+	v, ok := c.Uint16(TagCommandDataSetType)
+	return ok && v != noDataSet
 }
 
 // MessageID returns the MessageID of a request.

@@ -373,6 +373,10 @@ func decodeAssociateRQ(body []byte) (*AssociateRQ, error) {
 				return &MalformedError{TypeAssociateRQ, subAt, fmt.Sprintf("sub-item 0x%02X in a presentation context", typ)}
 			}
 		}
+		if !sawAbstract {
+			// PS3.8 §9.3.2.2: exactly one abstract syntax per context.
+			return &MalformedError{TypeAssociateRQ, at, "presentation context without an abstract syntax"}
+		}
 		p.PresentationContexts = append(p.PresentationContexts, pc)
 		return nil
 	})
