@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -110,21 +109,15 @@ func (d *dirStore) write(f *os.File, req *dimse.StoreIndication, data io.Reader)
 	if err := f.Chmod(0o644); err != nil {
 		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	// The buffer joins the header and small fragments into fewer writes;
-	// fragments as large as the buffer go straight to the file.
-	w := bufio.NewWriterSize(f, 256<<10)
-	if _, err := w.Write(hdr); err != nil {
+	if _, err := f.Write(hdr); err != nil {
 		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	if _, err := io.Copy(w, data); err != nil {
+	if _, err := io.Copy(chunkedWriter{f}, data); err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
 			return dimse.Fail(dimse.StatusOutOfResources, err)
 		}
 		return fmt.Errorf("receive data set: %w", err)
-	}
-	if err := w.Flush(); err != nil {
-		return dimse.Fail(dimse.StatusOutOfResources, err)
 	}
 	if d.fsync {
 		if err := f.Sync(); err != nil {
@@ -132,6 +125,27 @@ func (d *dirStore) write(f *os.File, req *dimse.StoreIndication, data io.Reader)
 		}
 	}
 	return nil
+}
+
+// chunkedWriter writes to a file in pieces of at most 64 KiB. Measured on
+// the large corpus (bench/), whole 256 KiB fragments written at once ran at
+// 700-1600 MB/s, varying from run to run, and the same data in 64 KiB
+// writes at a steady 1600-1800 MB/s: each piece is copied into the page
+// cache while it is still in the CPU cache.
+type chunkedWriter struct{ w io.Writer }
+
+func (c chunkedWriter) Write(p []byte) (int, error) {
+	const chunk = 64 << 10
+	n := 0
+	for len(p) > 0 {
+		m, err := c.w.Write(p[:min(len(p), chunk)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
 }
 
 func syncDir(dir string) error {
