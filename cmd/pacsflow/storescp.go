@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/pacsflow/pacsflow/pkg/dimse"
 	"github.com/pacsflow/pacsflow/pkg/part10"
@@ -25,7 +21,7 @@ func runStoreSCP(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			"Files appear under their final name only once complete (written to a temporary name, then renamed).", stderr)
 	dir := fs.String("dir", "", "folder to write received instances into (required; created if missing)")
 	fsync := fs.Bool("fsync", false, "fsync each file and the folder before answering Success (slower, survives power loss)")
-	lf := addListenerFlags(fs)
+	lf := addListenerFlags(fs, "addr")
 	level, format := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -51,7 +47,11 @@ func runStoreSCP(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	return lf.serve(ctx, srv, log, stdout)
+	lns, err := lf.listen(stdout)
+	if err != nil {
+		return err
+	}
+	return serveDICOM(ctx, srv, lns, log)
 }
 
 // dirStore writes each received instance as a Part 10 file.
@@ -155,135 +155,4 @@ func syncDir(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
-}
-
-// listenerFlags are the flags of every command that runs a DICOM SCP.
-type listenerFlags struct {
-	addr, ae, allow, transferSyntaxes         *string
-	tlsAddr, tlsCert, tlsKey, tlsClientCA     *string
-	anyCalledAE, allowAnyAE, acceptUnknownSOP *bool
-	maxAssoc                                  *int
-	maxPDU                                    *uint
-	idle, artim                               *time.Duration
-}
-
-func addListenerFlags(fs interface {
-	String(string, string, string) *string
-	Bool(string, bool, string) *bool
-	Int(string, int, string) *int
-	Uint(string, uint, string) *uint
-	Duration(string, time.Duration, string) *time.Duration
-}) *listenerFlags {
-	return &listenerFlags{
-		addr:             fs.String("addr", "127.0.0.1:11112", "DICOM listen address HOST:PORT; beyond loopback it needs --allow or --allow-any-ae"),
-		ae:               fs.String("ae", "PACSFLOW", "AE title this SCP answers to (the called AE)"),
-		anyCalledAE:      fs.Bool("any-called-ae", false, "accept any called AE title"),
-		allow:            fs.String("allow", "", "calling AE allow-list: AE or AE@ADDR[/BITS], comma-separated (e.g. CT1@10.0.0.0/8,MR1)"),
-		allowAnyAE:       fs.Bool("allow-any-ae", false, "accept any calling AE from any address (required to listen beyond loopback without --allow)"),
-		maxAssoc:         fs.Int("max-associations", 64, "maximum concurrent associations; more get a transient A-ASSOCIATE-RJ"),
-		maxPDU:           fs.Uint("max-pdu", 256<<10, "maximum P-DATA-TF length advertised and accepted, bytes"),
-		acceptUnknownSOP: fs.Bool("accept-unknown-sop-classes", false, "accept SOP classes this build does not know as storage classes"),
-		transferSyntaxes: fs.String("transfer-syntaxes", "", "native transfer syntax UIDs in order of preference, comma-separated (default: Explicit LE, Implicit LE, Deflated, Explicit BE); encapsulated syntaxes are always accepted as proposed"),
-		idle:             fs.Duration("idle-timeout", 5*time.Minute, "abort an association the peer leaves idle this long"),
-		artim:            fs.Duration("artim", 30*time.Second, "ARTIM timer: wait for A-ASSOCIATE-RQ, release and close"),
-		tlsAddr:          fs.String("tls-addr", "", "DICOM TLS listen address HOST:PORT (TLS 1.2+); needs --tls-cert and --tls-key"),
-		tlsCert:          fs.String("tls-cert", "", "TLS certificate (PEM)"),
-		tlsKey:           fs.String("tls-key", "", "TLS private key (PEM)"),
-		tlsClientCA:      fs.String("tls-client-ca", "", "require client certificates signed by these CAs (PEM)"),
-	}
-}
-
-func (f *listenerFlags) serverConfig(store dimse.StoreHandler) (dimse.ServerConfig, error) {
-	cfg := dimse.ServerConfig{
-		AETitle:                 *f.ae,
-		AnyCalledAE:             *f.anyCalledAE,
-		MaxAssociations:         *f.maxAssoc,
-		Store:                   store,
-		AcceptUnknownSOPClasses: *f.acceptUnknownSOP,
-	}
-	cfg.UL.MaxPDataLength = uint32(*f.maxPDU)
-	cfg.UL.IdleTimeout = *f.idle
-	cfg.UL.ARTIM = *f.artim
-	if *f.transferSyntaxes != "" {
-		cfg.TransferSyntaxes = strings.Split(*f.transferSyntaxes, ",")
-	}
-	if *f.allow != "" {
-		l, err := dimse.ParseAllowList(*f.allow)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.Access = l
-	}
-	if *f.allow == "" && !*f.allowAnyAE {
-		for _, addr := range []string{*f.addr, *f.tlsAddr} {
-			if addr != "" && !isLoopback(addr) {
-				return cfg, fmt.Errorf("listening on %s beyond loopback needs a calling AE allow-list (--allow) or --allow-any-ae", addr)
-			}
-		}
-	}
-	return cfg, nil
-}
-
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-// serve listens on the plain and TLS addresses and serves until ctx ends,
-// then shuts down: stop accepting, let associations finish for up to 10 s,
-// abort the rest.
-func (f *listenerFlags) serve(ctx context.Context, srv *dimse.Server, log interface {
-	Info(string, ...any)
-}, stdout io.Writer) error {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			_ = ln.Close()
-		}
-	}()
-	ln, err := net.Listen("tcp", *f.addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", *f.addr, err)
-	}
-	lns = append(lns, ln)
-	fmt.Fprintf(stdout, "DICOM SCP %s listening on %s\n", *f.ae, ln.Addr())
-	if *f.tlsAddr != "" {
-		tc, err := dimse.TLSConfig(*f.tlsCert, *f.tlsKey, *f.tlsClientCA)
-		if err != nil {
-			return err
-		}
-		tln, err := net.Listen("tcp", *f.tlsAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w", *f.tlsAddr, err)
-		}
-		lns = append(lns, tls.NewListener(tln, tc))
-		fmt.Fprintf(stdout, "DICOM TLS SCP %s listening on %s\n", *f.ae, tln.Addr())
-	}
-	errc := make(chan error, len(lns))
-	for _, l := range lns {
-		go func() { errc <- srv.Serve(context.WithoutCancel(ctx), l) }()
-	}
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		_ = srv.Close()
-		return err
-	}
-	log.Info("shutting down: no new associations; waiting up to 10s for active ones")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	for range lns {
-		if err := <-errc; err != nil && !errors.Is(err, dimse.ErrServerClosed) {
-			return err
-		}
-	}
-	return nil
 }

@@ -91,6 +91,10 @@ type ServerConfig struct {
 	// syntaxes; native syntaxes not listed are refused. Encapsulated
 	// syntaxes are accepted as proposed. Default DefaultTransferSyntaxes.
 	TransferSyntaxes []string
+	// AssociationEnded, if set, is called on the association's goroutine
+	// once an established association has ended, released or not; err is
+	// nil after a normal release.
+	AssociationEnded func(info *AssociationInfo, err error)
 	// UL holds the upper layer parameters; IdleTimeout defaults to 5 minutes
 	// for servers.
 	UL ul.Config
@@ -303,7 +307,10 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	}
 	log = log.With("calling_ae", info.CallingAE, "called_ae", info.CalledAE)
 	log.Info("association established", "contexts", len(a.Contexts()))
-	s.serveAssociation(ctx, a, info, log)
+	err = s.serveAssociation(ctx, a, info, log)
+	if s.cfg.AssociationEnded != nil {
+		s.cfg.AssociationEnded(info, err)
+	}
 }
 
 // register records how to abort a connection at forced shutdown.
@@ -379,8 +386,9 @@ func (s *Server) negotiate(ctx context.Context, conn net.Conn, rq *pdu.Associate
 	return ac, nil
 }
 
-// serveAssociation answers DIMSE requests until the association ends.
-func (s *Server) serveAssociation(ctx context.Context, a *ul.Association, info *AssociationInfo, log *slog.Logger) {
+// serveAssociation answers DIMSE requests until the association ends; it
+// returns nil after a normal release, else why it ended.
+func (s *Server) serveAssociation(ctx context.Context, a *ul.Association, info *AssociationInfo, log *slog.Logger) error {
 	c := &conn{a: a}
 	var stored, failed int
 	for {
@@ -391,14 +399,14 @@ func (s *Server) serveAssociation(ctx context.Context, a *ul.Association, info *
 				log.Warn("release failed", "err", err)
 			}
 			log.Info("association released", "stored", stored, "failed", failed)
-			return
+			return nil
 		case errors.Is(err, ErrProtocol) || errors.Is(err, ErrMalformedCommand):
 			log.Warn("aborting association", "err", err)
 			_ = a.Abort(err)
-			return
+			return err
 		case err != nil:
 			log.Warn("association ended", "err", err, "stored", stored, "failed", failed)
-			return
+			return err
 		}
 		var res Result
 		switch cmd.Field() {
@@ -421,7 +429,7 @@ func (s *Server) serveAssociation(ctx context.Context, a *ul.Association, info *
 			if !errors.Is(err, ul.ErrClosed) && a.State() != ul.Sta1 {
 				_ = a.Abort(err)
 			}
-			return
+			return err
 		}
 	}
 }
