@@ -25,6 +25,8 @@ var commands = map[string]command{
 	"storescp": {"receive DICOM instances over C-STORE into a folder as Part 10 files", runStoreSCP},
 	"storescu": {"send DICOM Part 10 files over C-STORE", runStoreSCU},
 	"echoscu":  {"verify a DICOM peer with C-ECHO", runEchoSCU},
+	"up":       {"run the pipeline on this machine: embedded NATS JetStream and the ingest service", runUp},
+	"ingest":   {"run the ingest service against an external NATS JetStream", runIngest},
 }
 
 func main() {
