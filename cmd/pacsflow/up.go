@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pacsflow/pacsflow/pkg/dimse"
+	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/storage"
+	"github.com/pacsflow/pacsflow/pkg/storage/fsstore"
+	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
+	"github.com/pacsflow/pacsflow/services/ingest"
+)
+
+// pipelineFlags are the flags of `pacsflow up` and `pacsflow ingest`.
+type pipelineFlags struct {
+	scp                       *listenerFlags
+	data, natsListen, natsURL *string
+	httpAddr, backend, bucket *string
+	replicas                  *int
+	strict                    *bool
+	quiet, maxWait            *time.Duration
+	minFree                   *int64
+	minFreeRatio              *float64
+	maxInstance               *int64
+	streamMaxAge              *time.Duration
+	level, format             *string
+}
+
+func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
+	f := &pipelineFlags{scp: addListenerFlags(fs, "dicom-addr")}
+	f.data = fs.String("data", "pacsflow-data", "data folder: the embedded JetStream store (jetstream/) and filesystem storage (instances/)")
+	if embedded {
+		f.natsListen = fs.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS server accepts clients (the nats CLI, other services); empty: in-process only")
+		f.natsURL = fs.String("nats-url", "", "use this external NATS server (with JetStream) instead of the embedded one")
+	} else {
+		f.natsURL = fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
+	}
+	f.httpAddr = fs.String("http-addr", "127.0.0.1:8080", "HTTP address for /metrics, /healthz and /readyz; empty disables it")
+	f.backend = fs.String("storage", "objectstore", "where instances are stored: objectstore (NATS JetStream object store) or fs (files under --data/instances)")
+	f.bucket = fs.String("bucket", "pacsflow-instances", "object store bucket")
+	f.replicas = fs.Int("replicas", 1, "JetStream replicas of the stream, buckets and object store (3 on a cluster)")
+	f.strict = fs.Bool("strict-durability", false, "fsync before every Success: each file and folder (fs storage), and every JetStream write (embedded server)")
+	f.quiet = fs.Duration("quiet-period", 2*time.Second, "a study is received when its associations ended and nothing came for this long")
+	f.maxWait = fs.Duration("max-wait", 10*time.Minute, "report a study this long after its first instance even if an association is still open")
+	f.minFree = fs.Int64("min-free-bytes", 5e9, "refuse associations and instances when free storage is below min(this, --min-free-ratio of the total)")
+	f.minFreeRatio = fs.Float64("min-free-ratio", 0.10, "see --min-free-bytes")
+	f.maxInstance = fs.Int64("max-instance-bytes", 0, "refuse larger instances with A700; 0: no limit")
+	f.streamMaxAge = fs.Duration("events-max-age", 0, "discard events older than this from the stream; 0 keeps them")
+	f.level, f.format = logFlags(fs)
+	return f
+}
+
+func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("up [flags]",
+		"Runs the pacsflow pipeline on this machine: an embedded NATS server with JetStream, storing\n"+
+			"under --data, and the ingest service: a DICOM C-STORE SCP that stores every instance and\n"+
+			"publishes pacs.instance.stored, pacs.study.received and pacs.study.updated events.\n"+
+			"It prints where everything listens. Ctrl-C stops accepting associations, lets active ones\n"+
+			"finish (10 s), stops the services, then NATS.", stderr)
+	f := addPipelineFlags(fs, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, f, true, stdout, stderr)
+}
+
+func runIngest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("ingest --nats-url URL [flags]",
+		"Runs the ingest service alone against an external NATS JetStream (server or cluster):\n"+
+			"several ingest processes may share one JetStream, also for parts of the same study.", stderr)
+	f := addPipelineFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, f, false, stdout, stderr)
+}
+
+// runPipeline starts the components in order and stops them in reverse:
+// DICOM listeners first (stop accepting, finish or abort associations),
+// then the study assembler, the HTTP server, the NATS connection (drained)
+// and the embedded NATS server last.
+func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, stderr io.Writer) error {
+	log, err := newLogger(stderr, *f.level, *f.format)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*f.data, 0o755); err != nil {
+		return fmt.Errorf("create data folder: %w", err)
+	}
+
+	var ns *natsserver.Server
+	var nc *nats.Conn
+	if embedded && *f.natsURL == "" {
+		cfg := natsserver.Config{StoreDir: filepath.Join(*f.data, "jetstream"), Listen: *f.natsListen}
+		if *f.strict {
+			cfg.SyncInterval = -1
+		}
+		if ns, err = natsserver.Start(cfg); err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		if url := ns.ClientURL(); url != "" {
+			fmt.Fprintf(stdout, "NATS (embedded, JetStream in %s) listening on %s\n", cfg.StoreDir, url)
+		}
+		nc, err = ns.Connect(nats.MaxReconnects(-1))
+	} else {
+		nc, err = nats.Connect(*f.natsURL, nats.Name("pacsflow-ingest"), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+			nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }))
+		if err == nil {
+			fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+
+	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelSetup()
+	store, bucket, err := openStorage(setup, f, nc)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	svc, err := ingest.New(setup, ingest.Config{
+		Backend: *f.backend, Bucket: bucket,
+		Stream:      events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge},
+		KVReplicas:  *f.replicas,
+		QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
+		MinFreeBytes: *f.minFree, MinFreeRatio: *f.minFreeRatio, MaxInstanceBytes: *f.maxInstance,
+		Logger: log, Registerer: reg,
+	}, nc, store)
+	if err != nil {
+		return err
+	}
+	scpCfg, err := f.scp.serverConfig(svc)
+	if err != nil {
+		return err
+	}
+	scpCfg.Access = svc.Authorizer(scpCfg.Access)
+	scpCfg.AssociationEnded = svc.AssociationEnded
+	scpCfg.Logger = log
+	srv, err := dimse.NewServer(scpCfg)
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	svcCtx, stopSvc := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSvc()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := svc.Run(svcCtx); err != nil {
+			log.Error("study assembler stopped", "err", err)
+		}
+	}()
+	if *f.httpAddr != "" {
+		hs, err := startHTTP(*f.httpAddr, reg, svc, log, stdout)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = hs.Shutdown(sctx)
+		}()
+	}
+	lns, err := f.scp.listen(stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "storage: %s; study quiet period %s, maximum wait %s\n", describeStorage(*f.backend, bucket, *f.data), *f.quiet, *f.maxWait)
+	err = serveDICOM(ctx, srv, lns, log)
+	stopSvc()
+	wg.Wait()
+	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		log.Warn("draining the NATS connection", "err", derr)
+	}
+	log.Info("stopped")
+	return err
+}
+
+func openStorage(ctx context.Context, f *pipelineFlags, nc *nats.Conn) (storage.Store, string, error) {
+	switch *f.backend {
+	case "fs":
+		s, err := fsstore.New(fsstore.Config{Root: filepath.Join(*f.data, "instances"), Sync: *f.strict})
+		return s, "", err
+	case "objectstore":
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, "", err
+		}
+		s, err := objstore.New(ctx, js, objstore.Config{Bucket: *f.bucket, Replicas: *f.replicas})
+		return s, *f.bucket, err
+	}
+	return nil, "", fmt.Errorf("--storage %q: want objectstore or fs", *f.backend)
+}
+
+func describeStorage(backend, bucket, data string) string {
+	if backend == "fs" {
+		return "files under " + filepath.Join(data, "instances")
+	}
+	return "JetStream object store bucket " + bucket
+}
+
+// startHTTP serves /metrics, /healthz (the process runs) and /readyz (it
+// can take instances: broker reachable, storage has room).
+func startHTTP(addr string, reg *prometheus.Registry, svc *ingest.Service, log *slog.Logger, stdout io.Writer) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := svc.Ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server stopped", "err", err)
+		}
+	}()
+	fmt.Fprintf(stdout, "HTTP (metrics, health) listening on http://%s\n", ln.Addr())
+	return hs, nil
+}
