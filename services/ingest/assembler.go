@@ -136,8 +136,10 @@ func (a *assembler) run(ctx context.Context) error {
 	defer wg.Wait()
 
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(fetchBatch, jetstream.FetchMaxWait(fetchWait), jetstream.FetchContext(ctx))
+		fctx, cancel := context.WithTimeout(ctx, fetchWait)
+		batch, err := cons.Fetch(fetchBatch, jetstream.FetchContext(fctx))
 		if err != nil {
+			cancel()
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -149,11 +151,14 @@ func (a *assembler) run(ctx context.Context) error {
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			a.log.Warn("study assembler: fetch ended", "err", err)
-		}
+		cancel()
 		if len(msgs) > 0 {
 			a.merge(ctx, msgs)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+			// The broker is away; ask again at a calm pace.
+			a.log.Warn("study assembler: fetch failed", "err", err)
+			sleep(ctx, time.Second)
 		}
 	}
 	return nil
