@@ -48,8 +48,9 @@ type assembler struct {
 	metrics *metrics
 	now     func() time.Time
 
-	mu     sync.Mutex
-	timers map[string]*time.Timer // header key -> pending evaluation
+	mu       sync.Mutex
+	timers   map[string]*time.Timer // header key -> pending evaluation
+	inFlight map[string]bool        // header key -> being evaluated now
 }
 
 const (
@@ -346,10 +347,11 @@ func (a *assembler) arm(ctx context.Context, key, study string, d time.Duration)
 		t.Stop()
 	}
 	a.timers[key] = time.AfterFunc(max(d, 0), func() {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !a.begin(key) {
 			return
 		}
 		retryAt, err := a.evaluate(ctx, study)
+		a.end(key)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			a.log.Warn("study assembler: report failed; retrying", "study", study, "err", err)
@@ -358,6 +360,30 @@ func (a *assembler) arm(ctx context.Context, key, study string, d time.Duration)
 			a.arm(ctx, key, study, time.Until(retryAt))
 		}
 	})
+}
+
+// begin marks a study as being evaluated by this replica; a timer that
+// fires meanwhile re-arms itself instead of evaluating twice at once.
+func (a *assembler) begin(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inFlight == nil {
+		a.inFlight = map[string]bool{}
+	}
+	if a.inFlight[key] {
+		if t, ok := a.timers[key]; ok {
+			t.Reset(50 * time.Millisecond)
+		}
+		return false
+	}
+	a.inFlight[key] = true
+	return true
+}
+
+func (a *assembler) end(key string) {
+	a.mu.Lock()
+	delete(a.inFlight, key)
+	a.mu.Unlock()
 }
 
 func (a *assembler) stopTimers() {
@@ -379,7 +405,9 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		return time.Time{}, err
 	}
 	now := a.now()
-	if h.Claim != nil && h.Claim.Replica != a.replica && now.Sub(h.Claim.At) < claimTimeout {
+	if h.Claim != nil && now.Sub(h.Claim.At) < claimTimeout {
+		// A report is under way (here, evaluations are serialized, so it is
+		// another replica's; or this replica's before a restart).
 		return h.Claim.At.Add(claimTimeout), nil
 	}
 	entries, err := a.entries(ctx, key)
@@ -416,8 +444,10 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		if err != nil {
 			return time.Time{}, err
 		}
-		a.metrics.studyEvents.WithLabelValues(ev.Type, trigger).Inc()
-		a.metrics.studyLatency.Observe(now.Sub(h.LastAt).Seconds())
+		if !dup {
+			a.metrics.studyEvents.WithLabelValues(ev.Type, trigger).Inc()
+			a.metrics.studyLatency.Observe(a.now().Sub(h.LastAt).Seconds())
+		}
 		a.log.Info("study reported", "study", study, "type", ev.Type, "generation", gen, "trigger", trigger,
 			"instances", ev.Data.(*events.StudyReceived).NumInstances, "duplicate", dup)
 	}
