@@ -9,6 +9,7 @@ package part10
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -64,7 +65,21 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) { return r.br.WriteTo(w) }
 // NewReader reads the preamble and file meta information from rd. The
 // returned Reader yields the data set.
 func NewReader(rd io.Reader) (*Reader, error) {
-	br := bufio.NewReaderSize(rd, 64<<10)
+	return newReader(bufio.NewReaderSize(rd, 64<<10))
+}
+
+// ParseHeader reads the preamble and file meta information at the start of
+// b, and returns the meta information and where the data set starts.
+func ParseHeader(b []byte) (Meta, int64, error) {
+	// A small buffer: the header is a few hundred bytes and b is in memory.
+	r, err := newReader(bufio.NewReaderSize(bytes.NewReader(b), 512))
+	if err != nil {
+		return Meta{}, 0, err
+	}
+	return r.Meta, r.DataSetOffset, nil
+}
+
+func newReader(br *bufio.Reader) (*Reader, error) {
 	head := make([]byte, PreambleLen+4)
 	if _, err := io.ReadFull(br, head); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
