@@ -142,7 +142,13 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var space func(context.Context) (storage.Space, error)
+	if ns != nil {
+		dir := filepath.Join(*f.data, "jetstream")
+		space = func(context.Context) (storage.Space, error) { return fsstore.DiskSpace(dir) }
+	}
 	svc, err := ingest.New(setup, ingest.Config{
+		Space:   space,
 		Backend: *f.backend, Bucket: bucket,
 		Stream:      events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge},
 		KVReplicas:  *f.replicas,

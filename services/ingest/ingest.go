@@ -55,6 +55,10 @@ type Config struct {
 	// A700. Defaults 5 GB and 10 %.
 	MinFreeBytes int64
 	MinFreeRatio float64
+	// Space, if set, replaces the storage's own report of free space for
+	// back-pressure: an object store on an embedded server cannot see the
+	// disk under it, but the process that runs the server can.
+	Space func(ctx context.Context) (storage.Space, error)
 	// MaxInstanceBytes refuses larger instances with A700. 0: no limit.
 	MaxInstanceBytes int64
 	// MaxMetadataPrefix bounds how much of an instance is buffered to find
@@ -283,7 +287,11 @@ func (g *guard) probe(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	sp, err := g.s.store.Space(ctx)
+	space := g.s.store.Space
+	if g.s.cfg.Space != nil {
+		space = g.s.cfg.Space
+	}
+	sp, err := space(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStorageDown, err)
 	}

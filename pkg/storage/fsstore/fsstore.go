@@ -547,9 +547,14 @@ func (s *Store) prune(dir string) string {
 // Space reports the filesystem's free space (as available to unprivileged
 // users) and size.
 func (s *Store) Space(ctx context.Context) (storage.Space, error) {
+	return DiskSpace(s.root)
+}
+
+// DiskSpace reports the free space and size of the filesystem holding dir.
+func DiskSpace(dir string) (storage.Space, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(s.root, &st); err != nil {
-		return storage.Space{}, fmt.Errorf("space: statfs %s: %w", s.root, err)
+	if err := unix.Statfs(dir, &st); err != nil {
+		return storage.Space{}, fmt.Errorf("space: statfs %s: %w", dir, err)
 	}
 	bsize := st.Frsize
 	if bsize <= 0 {
