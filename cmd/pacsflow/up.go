@@ -102,8 +102,14 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*f.data, 0o755); err != nil {
-		return fmt.Errorf("create data folder: %w", err)
+	// Refuse bad DICOM settings before anything starts.
+	if _, err := f.scp.serverConfig(nil); err != nil {
+		return err
+	}
+	if (embedded && *f.natsURL == "") || *f.backend == "fs" {
+		if err := os.MkdirAll(*f.data, 0o755); err != nil {
+			return fmt.Errorf("create data folder: %w", err)
+		}
 	}
 
 	var ns *natsserver.Server

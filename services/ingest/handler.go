@@ -55,11 +55,14 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 		return dimse.Result{}, dimse.Fail(dimse.StatusCannotUnderstand, err)
 	}
 
-	putStart := time.Now()
-	src := &sourceReader{r: data}
+	src := &sourceReader{r: data, limit: -1}
 	if s.cfg.MaxInstanceBytes > 0 {
-		src.limit = max(1, s.cfg.MaxInstanceBytes-int64(len(head)))
+		src.limit = s.cfg.MaxInstanceBytes - int64(len(head))
+		if src.limit < 0 {
+			return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, fmt.Errorf("%w of %d bytes", errTooLarge, s.cfg.MaxInstanceBytes))
+		}
 	}
+	putStart := time.Now()
 	body := io.MultiReader(bytes.NewReader(head), src)
 	obj, err := s.store.Put(ctx, key, body)
 	s.metrics.store.Observe(time.Since(putStart).Seconds())
@@ -67,49 +70,77 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 		return dimse.Result{}, s.putFailure(key, err)
 	}
 
-	rec, err := s.reg.lookup(ctx, meta.SOPInstanceUID)
+	sop := meta.SOPInstanceUID
+	ver, existing, err := s.reg.reserve(ctx, sop, meta.StudyInstanceUID, meta.SeriesInstanceUID,
+		storedVersion{SHA256: obj.SHA256, Key: key, Size: obj.Size, StoredAt: time.Now()})
 	if err != nil {
+		// No version names the object, so no event can: it can go.
 		s.discard(key, "registry unavailable")
 		s.guard.invalidate()
 		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	if prev, ok := rec.has(obj.SHA256); ok {
+	switch {
+	case existing && ver.Published:
 		s.discard(key, "duplicate")
 		outcome = "duplicate"
-		s.log.Info("duplicate instance: identical bytes already stored", "sop_instance", meta.SOPInstanceUID, "key", prev.Key, "assoc", req.Association.ID)
+		s.log.Info("duplicate instance: identical bytes already stored", "sop_instance", sop, "key", ver.Key, "assoc", req.Association.ID)
 		return dimse.Result{Status: dimse.StatusSuccess}, nil
+	case existing:
+		// An earlier store of these bytes did not finish publishing: finish
+		// it, with the earlier object unless that one is gone.
+		if ver, err = s.adoptIfMissing(ctx, sop, ver, obj); err != nil {
+			s.guard.invalidate()
+			return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
+		}
 	}
-	ev := s.instanceEvent(req, meta, obj, time.Now())
-	if prev, ok := rec.latest(); ok {
-		ev.Data.(*events.InstanceStored).ReplacesSHA256 = prev.SHA256
+	if ver.Replaces != "" {
 		outcome = "new_version"
-		s.log.Warn("instance re-sent with different bytes: kept as a new version", "sop_instance", meta.SOPInstanceUID,
-			"previous_sha256", prev.SHA256, "sha256", obj.SHA256, "assoc", req.Association.ID)
+		s.log.Warn("instance re-sent with different bytes: kept as a new version", "sop_instance", sop,
+			"previous_sha256", ver.Replaces, "sha256", ver.SHA256, "assoc", req.Association.ID)
 	}
+	ev := s.instanceEvent(req, meta, ver.storedVersion, time.Now())
 	pubStart := time.Now()
 	dup, err := s.pub.Publish(ctx, ev)
 	s.metrics.publish.Observe(time.Since(pubStart).Seconds())
 	if err != nil {
-		s.discard(key, "event not published")
+		// The event may have been stored even so (a lost acknowledgement):
+		// the object stays, and a re-send of the instance publishes again.
 		s.guard.invalidate()
 		return dimse.Result{}, dimse.Fail(dimse.StatusOutOfResources, err)
 	}
-	if dup {
-		// JetStream already holds this event, from a concurrent or an
-		// interrupted earlier store of the same bytes: that copy stands.
-		s.discard(key, "event already published")
-		outcome = "duplicate"
-		return dimse.Result{Status: dimse.StatusSuccess}, nil
+	if !dup {
+		s.countPublished(req.Association.ID, meta.StudyInstanceUID)
+		s.metrics.bytes.Add(float64(ver.Size))
 	}
-	s.countPublished(req.Association.ID, meta.StudyInstanceUID)
-	s.metrics.bytes.Add(float64(obj.Size))
-	v := storedVersion{SHA256: obj.SHA256, Key: key, Size: obj.Size, StoredAt: ev.Time, EventID: ev.ID}
-	if _, _, err := s.reg.record(ctx, meta.SOPInstanceUID, meta.StudyInstanceUID, meta.SeriesInstanceUID, v); err != nil {
-		// Stored and announced: Success is true. Only a re-send after the
-		// duplicate window could now publish a second event.
-		s.log.Warn("instance stored and published but not recorded", "sop_instance", meta.SOPInstanceUID, "err", err)
+	if err := s.reg.update(ctx, sop, ver, func(v *storedVersion) { v.Published = true }); err != nil {
+		// Stored and announced: Success is true. A re-send would publish
+		// once more (JetStream drops it within its duplicate window).
+		s.log.Warn("instance stored and published, but its version not confirmed", "sop_instance", sop, "err", err)
 	}
 	return dimse.Result{Status: dimse.StatusSuccess}, nil
+}
+
+// adoptIfMissing returns the pending version res with an object that
+// exists: its own, and the copy just stored (obj) is discarded; or, if its
+// own object is gone, obj, which the registry then records in its place.
+func (s *Service) adoptIfMissing(ctx context.Context, sop string, res reservation, obj storage.Object) (reservation, error) {
+	_, err := s.store.Stat(ctx, res.Key)
+	switch {
+	case err == nil:
+		if res.Key != obj.Key {
+			s.discard(obj.Key, "an earlier copy of the same bytes stands")
+		}
+		return res, nil
+	case !errors.Is(err, storage.ErrNotFound):
+		s.discard(obj.Key, "storage unavailable")
+		return res, err
+	}
+	if err := s.reg.update(ctx, sop, res, func(v *storedVersion) { v.Key, v.Size = obj.Key, obj.Size }); err != nil {
+		s.discard(obj.Key, "registry unavailable")
+		return res, err
+	}
+	res.Key, res.Size = obj.Key, obj.Size
+	return res, nil
 }
 
 // readMetadata buffers the beginning of the data set, behind the Part 10
@@ -171,7 +202,7 @@ func (s *Service) discard(key, why string) {
 	}
 }
 
-func (s *Service) instanceEvent(req *dimse.StoreIndication, m *dicommeta.Instance, obj storage.Object, at time.Time) *events.Event {
+func (s *Service) instanceEvent(req *dimse.StoreIndication, m *dicommeta.Instance, v storedVersion, at time.Time) *events.Event {
 	d := &events.InstanceStored{
 		Patient: events.Patient{ID: m.PatientID, Name: m.PatientName, BirthDate: m.PatientBirthDate, Sex: m.PatientSex},
 		Study: events.Study{
@@ -183,7 +214,8 @@ func (s *Service) instanceEvent(req *dimse.StoreIndication, m *dicommeta.Instanc
 		Modality: m.Modality, BodyPartExamined: m.BodyPartExamined,
 		SOPClassUID: m.SOPClassUID, SOPInstanceUID: m.SOPInstanceUID, InstanceNumber: m.InstanceNumber,
 		NumberOfFrames: m.NumberOfFrames, TransferSyntaxUID: req.TransferSyntaxUID,
-		Object: events.StoredObject{Backend: s.cfg.Backend, Bucket: s.cfg.Bucket, Key: obj.Key, Size: obj.Size, SHA256: obj.SHA256},
+		Object:         events.StoredObject{Backend: s.cfg.Backend, Bucket: s.cfg.Bucket, Key: v.Key, Size: v.Size, SHA256: v.SHA256},
+		ReplacesSHA256: v.Replaces,
 		Association: events.Association{
 			ID: req.Association.ID, CallingAE: req.Association.CallingAE, CalledAE: req.Association.CalledAE,
 			SourceAddress: req.Association.RemoteAddr.String(),
@@ -191,7 +223,7 @@ func (s *Service) instanceEvent(req *dimse.StoreIndication, m *dicommeta.Instanc
 		ReceivedAt: at,
 	}
 	return &events.Event{
-		ID:          "instance/" + m.SOPInstanceUID + "/" + obj.SHA256,
+		ID:          "instance/" + m.SOPInstanceUID + "/" + v.SHA256,
 		Type:        events.TypeInstanceStored,
 		Subject:     m.StudyInstanceUID,
 		Time:        at,
@@ -214,7 +246,7 @@ var errTooLarge = errors.New("instance exceeds the size limit")
 // enforces the instance size limit.
 type sourceReader struct {
 	r     io.Reader
-	limit int64 // bytes allowed; 0 means no limit
+	limit int64 // bytes still allowed; negative means no limit
 	n     int64
 }
 
@@ -226,7 +258,7 @@ func (e *sourceError) Unwrap() error { return e.err }
 func (s *sourceReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
 	s.n += int64(n)
-	if s.limit > 0 && s.n > s.limit {
+	if s.limit >= 0 && s.n > s.limit {
 		return n, &sourceError{fmt.Errorf("%w of %d bytes", errTooLarge, s.limit)}
 	}
 	if err != nil && err != io.EOF {

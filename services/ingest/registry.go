@@ -10,13 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// registry records, per SOP Instance UID, the versions stored and whose
-// event JetStream has acknowledged. It makes re-sending idempotent beyond
-// JetStream's duplicate window: an instance whose bytes are already
-// recorded is a duplicate, and different bytes are a new version.
-//
-// A record is written only after the version's event is acknowledged, so a
-// recorded version always has its event.
+// registry records, per SOP Instance UID, the versions stored and whether
+// their events are published. It makes re-sending idempotent beyond
+// JetStream's duplicate window (identical bytes are a duplicate), orders
+// versions (different bytes are a new version that says what it replaces),
+// and keeps the object of any version whose event may exist: a version is
+// reserved before its event is published and confirmed after, so a failed
+// or interrupted publish leaves a pending version that a re-send finishes.
 type registry struct {
 	kv jetstream.KeyValue
 }
@@ -33,82 +33,109 @@ type storedVersion struct {
 	Key      string    `json:"key"`
 	Size     int64     `json:"size"`
 	StoredAt time.Time `json:"stored_at"`
-	EventID  string    `json:"event_id"`
+	// Replaces is the digest of the version before this one, if any.
+	Replaces string `json:"replaces,omitempty"`
+	// Published is set once JetStream acknowledged the version's event.
+	Published bool `json:"published"`
 }
 
-// lookup returns what is recorded for sop, or a zero record.
-func (r *registry) lookup(ctx context.Context, sop string) (instanceRecord, error) {
+func (rec *instanceRecord) find(sha string) int {
+	for i, v := range rec.Versions {
+		if v.SHA256 == sha {
+			return i
+		}
+	}
+	return -1
+}
+
+// reservation is a version as the registry holds it, with the revision of
+// the record it was read from or written to.
+type reservation struct {
+	storedVersion
+	rec instanceRecord
+	rev uint64
+}
+
+// reserve records v as a pending version of sop, filling in what it
+// replaces. If a version with v's digest is already recorded, that one is
+// returned instead, with existing set.
+func (r *registry) reserve(ctx context.Context, sop, study, series string, v storedVersion) (res reservation, existing bool, err error) {
+	rec := instanceRecord{StudyInstanceUID: study, SeriesInstanceUID: series, Versions: []storedVersion{v}}
+	b, err := json.Marshal(&rec)
+	if err != nil {
+		return reservation{}, false, err
+	}
+	// Most instances are new: one round trip.
+	rev, err := r.kv.Create(ctx, sop, b)
+	if err == nil {
+		return reservation{storedVersion: v, rec: rec, rev: rev}, false, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return reservation{}, false, fmt.Errorf("reserve instance %s: %w", sop, err)
+	}
+	for attempt := 0; attempt < 16; attempt++ {
+		rec, rev, err := r.read(ctx, sop)
+		if err != nil {
+			return reservation{}, false, err
+		}
+		if i := rec.find(v.SHA256); i >= 0 {
+			return reservation{storedVersion: rec.Versions[i], rec: rec, rev: rev}, true, nil
+		}
+		nv := v
+		if n := len(rec.Versions); n > 0 {
+			nv.Replaces = rec.Versions[n-1].SHA256
+		}
+		rec.Versions = append(rec.Versions, nv)
+		if rev, err = r.write(ctx, sop, &rec, rev); err == nil {
+			return reservation{storedVersion: nv, rec: rec, rev: rev}, false, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return reservation{}, false, fmt.Errorf("reserve instance %s: %w", sop, err)
+		}
+	}
+	return reservation{}, false, fmt.Errorf("reserve instance %s: too many concurrent writers", sop)
+}
+
+// update changes the version with res's digest through change, starting
+// from the record res was read from and re-reading on conflicts.
+func (r *registry) update(ctx context.Context, sop string, res reservation, change func(*storedVersion)) error {
+	rec, rev := res.rec, res.rev
+	for attempt := 0; attempt < 16; attempt++ {
+		i := rec.find(res.SHA256)
+		if i < 0 {
+			return fmt.Errorf("update instance %s: version %s is not recorded", sop, res.SHA256)
+		}
+		change(&rec.Versions[i])
+		_, err := r.write(ctx, sop, &rec, rev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("update instance %s: %w", sop, err)
+		}
+		if rec, rev, err = r.read(ctx, sop); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("update instance %s: too many concurrent writers", sop)
+}
+
+func (r *registry) read(ctx context.Context, sop string) (instanceRecord, uint64, error) {
 	var rec instanceRecord
 	e, err := r.kv.Get(ctx, sop)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return rec, nil
-	}
 	if err != nil {
-		return rec, fmt.Errorf("look up instance %s: %w", sop, err)
+		return rec, 0, fmt.Errorf("read instance record %s: %w", sop, err)
 	}
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return rec, fmt.Errorf("instance record %s: %w", sop, err)
+		return rec, 0, fmt.Errorf("instance record %s: %w", sop, err)
 	}
-	return rec, nil
+	return rec, e.Revision(), nil
 }
 
-// has reports the recorded version with the given digest.
-func (rec *instanceRecord) has(sha string) (storedVersion, bool) {
-	for _, v := range rec.Versions {
-		if v.SHA256 == sha {
-			return v, true
-		}
+func (r *registry) write(ctx context.Context, sop string, rec *instanceRecord, rev uint64) (uint64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
 	}
-	return storedVersion{}, false
-}
-
-// latest is the most recently recorded version, if any.
-func (rec *instanceRecord) latest() (storedVersion, bool) {
-	if len(rec.Versions) == 0 {
-		return storedVersion{}, false
-	}
-	return rec.Versions[len(rec.Versions)-1], true
-}
-
-// record adds v to the record of sop with compare-and-set, retrying on
-// concurrent writers. existing is true when another writer recorded the
-// same digest first; the caller's copy is then redundant.
-func (r *registry) record(ctx context.Context, sop, study, series string, v storedVersion) (existing storedVersion, dup bool, err error) {
-	for attempt := 0; attempt < 16; attempt++ {
-		e, err := r.kv.Get(ctx, sop)
-		var rec instanceRecord
-		var rev uint64
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			rec = instanceRecord{StudyInstanceUID: study, SeriesInstanceUID: series}
-		case err != nil:
-			return storedVersion{}, false, fmt.Errorf("record instance %s: %w", sop, err)
-		default:
-			if err := json.Unmarshal(e.Value(), &rec); err != nil {
-				return storedVersion{}, false, fmt.Errorf("instance record %s: %w", sop, err)
-			}
-			rev = e.Revision()
-		}
-		if prev, ok := rec.has(v.SHA256); ok {
-			return prev, true, nil
-		}
-		rec.Versions = append(rec.Versions, v)
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return storedVersion{}, false, fmt.Errorf("record instance %s: %w", sop, err)
-		}
-		if rev == 0 {
-			_, err = r.kv.Create(ctx, sop, b)
-		} else {
-			_, err = r.kv.Update(ctx, sop, b, rev)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			continue // another writer was first: read again
-		}
-		if err != nil {
-			return storedVersion{}, false, fmt.Errorf("record instance %s: %w", sop, err)
-		}
-		return storedVersion{}, false, nil
-	}
-	return storedVersion{}, false, fmt.Errorf("record instance %s: too many concurrent writers", sop)
+	return r.kv.Update(ctx, sop, b, rev)
 }
