@@ -57,7 +57,7 @@ const (
 	consumerName = "ingest-study-assembler"
 	claimTimeout = 30 * time.Second
 	fetchBatch   = 512
-	fetchWait    = 20 * time.Millisecond
+	fetchWait    = 2 * time.Millisecond
 )
 
 // studyHeader is the per-study state.
@@ -136,33 +136,37 @@ func (a *assembler) run(ctx context.Context) error {
 	}()
 	defer wg.Wait()
 
-	for ctx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, fetchWait)
-		batch, err := cons.Fetch(fetchBatch, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil {
-				return nil
-			}
-			a.log.Warn("study assembler: fetch failed", "err", err)
+	// Messages keeps what the server sent in its own buffer, so waiting
+	// for more with a timeout never drops one (a short Fetch would: the
+	// server counts unread messages as delivered and resends them only
+	// after AckWait, which would delay their studies by 30 s).
+	it, err := cons.Messages(jetstream.PullMaxMessages(fetchBatch))
+	if err != nil {
+		return fmt.Errorf("study assembler: %w", err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		m, err := it.Next()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return nil
+		case err != nil:
+			a.log.Warn("study assembler: waiting for events", "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
+		msgs := []jetstream.Msg{m}
+		for len(msgs) < fetchBatch {
+			m, err := it.Next(jetstream.NextMaxWait(fetchWait))
+			if err != nil {
+				break
+			}
 			msgs = append(msgs, m)
 		}
-		cancel()
-		if len(msgs) > 0 {
-			a.merge(ctx, msgs)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
-			// The broker is away; ask again at a calm pace.
-			a.log.Warn("study assembler: fetch failed", "err", err)
-			sleep(ctx, time.Second)
-		}
+		a.merge(ctx, msgs)
 	}
-	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {
