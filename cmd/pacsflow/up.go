@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -237,11 +238,16 @@ func describeStorage(backend, bucket, data string) string {
 	return "JetStream object store bucket " + bucket
 }
 
-// startHTTP serves /metrics, /healthz (the process runs) and /readyz (it
-// can take instances: broker reachable, storage has room).
+// startHTTP serves /metrics, /healthz (the process runs), /readyz (it can
+// take instances: broker reachable, storage has room) and /debug/pprof.
 func startHTTP(addr string, reg *prometheus.Registry, svc *ingest.Service, log *slog.Logger, stdout io.Writer) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// Profiles for diagnosing a slow or stuck process; the HTTP address is
+	// loopback by default.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := svc.Ready(r.Context()); err != nil {

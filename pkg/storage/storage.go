@@ -63,9 +63,11 @@ var (
 const maxKeyLen = 3*uid.MaxLen + 64 + 3
 
 // InstanceKey is the key of one stored version of an instance:
-// STUDY/SERIES/INSTANCE/VERSION. The UIDs are validated, so no key can name
+// STUDY/SERIES/INSTANCE.VERSION. The UIDs are validated, so no key can name
 // a path outside the store; version is made of lowercase letters, digits
-// and '-'.
+// and '-' (so the last '.' of the key separates it). A series is one
+// folder of a filesystem store: one file per instance version, no folder
+// per instance to create.
 func InstanceKey(study, series, instance, version string) (string, error) {
 	for _, u := range []struct{ name, v string }{{"study", study}, {"series", series}, {"instance", instance}} {
 		if err := uid.Validate(u.v); err != nil {
@@ -75,7 +77,7 @@ func InstanceKey(study, series, instance, version string) (string, error) {
 	if err := validVersion(version); err != nil {
 		return "", err
 	}
-	return study + "/" + series + "/" + instance + "/" + version, nil
+	return study + "/" + series + "/" + instance + "." + version, nil
 }
 
 // ValidateKey checks that key is made only of '/'-separated components of

@@ -86,7 +86,8 @@ func objectKeys(t *testing.T, root string) []string {
 func keysOf(keys []string, sop string) []string {
 	var out []string
 	for _, k := range keys {
-		if parts := strings.Split(k, "/"); len(parts) == 4 && parts[2] == sop {
+		// STUDY/SERIES/INSTANCE.VERSION; the version holds no dot.
+		if parts := strings.Split(k, "/"); len(parts) == 3 && parts[2][:strings.LastIndexByte(parts[2], '.')] == sop {
 			out = append(out, k)
 		}
 	}

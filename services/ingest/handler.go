@@ -112,12 +112,41 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 		s.countPublished(req.Association.ID, meta.StudyInstanceUID)
 		s.metrics.bytes.Add(float64(ver.Size))
 	}
-	if err := s.reg.update(ctx, sop, ver, func(v *storedVersion) { v.Published = true }); err != nil {
-		// Stored and announced: Success is true. A re-send would publish
-		// once more (JetStream drops it within its duplicate window).
-		s.log.Warn("instance stored and published, but its version not confirmed", "sop_instance", sop, "err", err)
+	// Stored and announced: Success is true now. The confirmation only saves
+	// a re-send from publishing again, so it need not delay the answer.
+	select {
+	case s.confirms <- confirmation{sop: sop, ver: ver}:
+	default:
+		s.confirm(ctx, confirmation{sop: sop, ver: ver})
 	}
 	return dimse.Result{Status: dimse.StatusSuccess}, nil
+}
+
+// confirmation marks a version whose event JetStream acknowledged.
+type confirmation struct {
+	sop string
+	ver reservation
+}
+
+func (s *Service) confirm(ctx context.Context, c confirmation) {
+	if err := s.reg.update(ctx, c.sop, c.ver, func(v *storedVersion) { v.Published = true }); err != nil {
+		// A re-send then publishes once more, which JetStream drops within
+		// its duplicate window.
+		s.log.Warn("instance stored and published, but its version not confirmed", "sop_instance", c.sop, "err", err)
+	}
+}
+
+// confirmLoop records confirmations until ctx ends; those still queued
+// then stay pending, which a re-send of their instance resolves.
+func (s *Service) confirmLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-s.confirms:
+			s.confirm(ctx, c)
+		}
+	}
 }
 
 // adoptIfMissing returns the pending version res with an object that

@@ -128,6 +128,8 @@ type Service struct {
 	log     *slog.Logger
 	guard   *guard
 
+	confirms chan confirmation
+
 	mu     sync.Mutex
 	assocs map[string]map[string]int // association ID -> study UID -> events published
 }
@@ -161,8 +163,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, store storage.Store) (*
 	pub := events.NewPublisher(js, cfg.Source)
 	s := &Service{
 		cfg: cfg, nc: nc, store: store, pub: pub, metrics: m, log: cfg.Logger,
-		reg:    &registry{kv: registryKV},
-		assocs: map[string]map[string]int{},
+		reg:      &registry{kv: registryKV},
+		confirms: make(chan confirmation, 1024),
+		assocs:   map[string]map[string]int{},
 		asm: &assembler{
 			kv: studies, js: js, pub: pub, stream: streamName(cfg.Stream), quiet: cfg.QuietPeriod, maxWait: cfg.MaxWait,
 			replica: cfg.Replica, log: cfg.Logger, metrics: m, now: time.Now,
@@ -179,8 +182,21 @@ func streamName(c events.StreamConfig) string {
 	return c.Name
 }
 
-// Run runs the study assembler until ctx ends.
-func (s *Service) Run(ctx context.Context) error { return s.asm.run(ctx) }
+// Run runs the study assembler and records confirmed versions until ctx
+// ends.
+func (s *Service) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.confirmLoop(ctx)
+	}()
+	err := s.asm.run(ctx)
+	cancel()
+	wg.Wait()
+	return err
+}
 
 // Authorizer wraps an access policy (nil admits everyone) with
 // back-pressure: while storage is short of space or the broker is

@@ -29,6 +29,7 @@ package fsstore
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -38,7 +39,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -177,7 +180,7 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader) (storage.Objec
 	if fi, err := os.Lstat(final); err == nil {
 		return storage.Object{}, existing(fi)
 	}
-	f, err := os.CreateTemp(s.tmp, "put-*")
+	f, err := createTemp(s.tmp, "put-")
 	if err != nil {
 		return storage.Object{}, fsErr(err)
 	}
@@ -218,10 +221,6 @@ func (s *Store) fill(ctx context.Context, f *os.File, r io.Reader) (storage.Obje
 		return storage.Object{}, err
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
-	// CreateTemp makes the file private; objects are ordinary files.
-	if err := f.Chmod(0o644); err != nil {
-		return storage.Object{}, fsErr(err)
-	}
 	if s.xattr {
 		if err := unix.Fsetxattr(int(f.Fd()), xattrName, []byte(sum), 0); err != nil {
 			return storage.Object{}, fsErr(fmt.Errorf("record digest in %s: %w", xattrName, err))
@@ -232,30 +231,58 @@ func (s *Store) fill(ctx context.Context, f *os.File, r io.Reader) (storage.Obje
 			return storage.Object{}, fsErr(err)
 		}
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		return storage.Object{}, fsErr(err)
-	}
-	return storage.Object{Size: size, SHA256: sum, Modified: fi.ModTime()}, nil
+	return storage.Object{Size: size, SHA256: sum, Modified: time.Now()}, nil
 }
 
-// copyHashed copies r to w in pieces of at most pieceSize, feeding h.
-// Errors of w are filesystem errors; errors of r are wrapped as reads.
+// copyHashed copies r to w in pieces of at most pieceSize, feeding h on
+// another goroutine: hashing costs about as much as writing, and with the
+// two overlapping an instance is on disk and digested sooner. Errors of w
+// are filesystem errors; errors of r are wrapped as reads.
 func copyHashed(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash) (int64, error) {
-	buf := make([]byte, pieceSize)
+	const inFlight = 3
+	free := make(chan *[]byte, inFlight)
+	for range inFlight {
+		free <- piecePool.Get().(*[]byte)
+	}
+	hashing := make(chan *[]byte, inFlight)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range hashing {
+			h.Write(*b)
+			free <- b
+		}
+	}()
+	n, err := copyPieces(ctx, w, r, free, hashing)
+	close(hashing)
+	<-hashed
+	for range inFlight {
+		b := <-free
+		*b = (*b)[:pieceSize]
+		piecePool.Put(b)
+	}
+	return n, err
+}
+
+// copyPieces reads r into free pieces, writes each to w and passes it on
+// to be hashed.
+func copyPieces(ctx context.Context, w io.Writer, r io.Reader, free <-chan *[]byte, hashing chan<- *[]byte) (int64, error) {
 	var n int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
-		m, rerr := r.Read(buf)
+		b := <-free
+		m, rerr := r.Read((*b)[:pieceSize])
+		*b = (*b)[:m]
 		if m > 0 {
-			h.Write(buf[:m])
-			if _, err := w.Write(buf[:m]); err != nil {
+			if _, err := w.Write(*b); err != nil {
+				hashing <- b
 				return n, fsErr(err)
 			}
 			n += int64(m)
 		}
+		hashing <- b
 		if rerr == io.EOF {
 			return n, nil
 		}
@@ -264,6 +291,22 @@ func copyHashed(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash) (int
 		}
 	}
 }
+
+// createTemp creates a new file in dir, readable by all like any object
+// (os.CreateTemp's files are private and would need a chmod each).
+func createTemp(dir, prefix string) (*os.File, error) {
+	for try := 0; ; try++ {
+		var r [8]byte
+		_, _ = rand.Read(r[:]) // crypto/rand.Read never returns an error
+		f, err := os.OpenFile(filepath.Join(dir, prefix+hex.EncodeToString(r[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err == nil || !errors.Is(err, fs.ErrExist) || try == 9 {
+			return f, err
+		}
+	}
+}
+
+// piecePool recycles the copy buffers of Put.
+var piecePool = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
 
 // commit gives the complete temporary file its final name, creating the
 // folders on the way, without ever replacing an existing file.
@@ -274,11 +317,17 @@ func copyHashed(ctx context.Context, w io.Writer, r io.Reader, h hash.Hash) (int
 // at it (EEXIST from MkdirAll). Either way commit tries again.
 func (s *Store) commit(tmp, final string) error {
 	for try := 1; ; try++ {
-		err := os.MkdirAll(filepath.Dir(final), 0o755)
-		raced := errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrExist)
-		if err == nil {
-			err = s.rename(tmp, final)
-			raced = errors.Is(err, fs.ErrNotExist)
+		// The folder exists for all but a series' first instance: try the
+		// rename first, and create folders only when it says they are missing.
+		err := s.rename(tmp, final)
+		raced := false
+		if errors.Is(err, fs.ErrNotExist) {
+			err = os.MkdirAll(filepath.Dir(final), 0o755)
+			raced = errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrExist)
+			if err == nil {
+				err = s.rename(tmp, final)
+				raced = errors.Is(err, fs.ErrNotExist)
+			}
 		}
 		switch {
 		case err == nil:
