@@ -81,8 +81,12 @@ import (
 const (
 	// DefaultBucket is the bucket of Config.Bucket's zero value.
 	DefaultBucket = "pacsflow-instances"
-	// DefaultChunkSize is the chunk size of Config.ChunkSize's zero value.
-	DefaultChunkSize = 1 << 20
+	// DefaultChunkSize is the chunk size of Config.ChunkSize's zero value:
+	// small enough that an instance of half a megabyte is two chunks, which
+	// send pipelines.
+	DefaultChunkSize = 256 << 10
+	// sendWindow is how many chunks of one Put are in flight at once.
+	sendWindow = 4
 	// digestMetaKey is the object metadata entry holding the SHA-256.
 	digestMetaKey = "pacsflow-sha256"
 	// cleanupTimeout bounds the removal of a failed Put's chunks, which
@@ -214,21 +218,12 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (storage.Objec
 }
 
 func (s *Store) put(ctx context.Context, key string, r io.Reader) (storage.Object, error) {
-	// The sequence the metadata subject must still be at when this Put's
-	// metadata arrives: 0 for a key never stored, else that of the deletion
-	// marker. Checking here only spares sending an object bound to lose.
-	var expect uint64
-	info, m, err := s.current(ctx, key)
-	switch {
-	case errors.Is(err, errNoMeta):
-	case err != nil:
-		return storage.Object{}, err
-	case !info.Deleted:
-		return storage.Object{}, storage.ErrExists
-	default:
-		expect = m.Sequence
+	// Chunks are published asynchronously, and a disconnected client
+	// buffers them: without this, a Put to a server that is gone would
+	// only fail when ctx ends, then spend the cleanup timeout.
+	if st := s.js.Conn().Status(); st != nats.CONNECTED {
+		return storage.Object{}, fmt.Errorf("%w: connection %s", storage.ErrUnavailable, st)
 	}
-
 	id := nuid.Next()
 	chunks := s.chunkSubject(id)
 	h := sha256.New()
@@ -237,7 +232,7 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader) (storage.Objec
 		return storage.Object{}, s.abandon(ctx, chunks, err)
 	}
 	sum := h.Sum(nil)
-	info = &jetstream.ObjectInfo{
+	info := &jetstream.ObjectInfo{
 		ObjectMeta: jetstream.ObjectMeta{
 			Name:     key,
 			Metadata: map[string]string{digestMetaKey: hex.EncodeToString(sum)},
@@ -249,7 +244,22 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader) (storage.Objec
 		Chunks: n,
 		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(sum),
 	}
-	if err := s.publishMeta(ctx, info, expect); err != nil {
+	// The metadata subject must still be at sequence 0 when this Put's
+	// metadata arrives (the key was never stored), or at that of a
+	// deletion marker. Keys are nearly always new: try 0 first and look at
+	// the subject only when the server says otherwise, rather than spend a
+	// round trip on every Put.
+	err = s.publishMeta(ctx, info, 0)
+	if wrongLastSequence(err) {
+		cur, m, cerr := s.current(ctx, key)
+		switch {
+		case cerr != nil && !errors.Is(cerr, errNoMeta):
+			return storage.Object{}, s.abandon(ctx, chunks, cerr)
+		case cerr == nil && cur.Deleted:
+			err = s.publishMeta(ctx, info, m.Sequence)
+		}
+	}
+	if err != nil {
 		if stored, err := s.settle(ctx, key, id, chunks, err); !stored {
 			return storage.Object{}, err
 		}
@@ -258,29 +268,74 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader) (storage.Objec
 }
 
 // send publishes r in chunks on subject, feeding h, and returns the size
-// and the number of chunks.
+// and the number of chunks. Up to sendWindow chunks are in flight: the
+// next chunk is read from r (often the network) while JetStream stores the
+// previous ones, instead of each waiting for the other.
 func (s *Store) send(ctx context.Context, subject string, r io.Reader, h hash.Hash) (int64, uint32, error) {
-	buf := make([]byte, s.chunkSize)
-	var size int64
-	var n uint32
+	var (
+		bufs    [sendWindow][]byte
+		pending [sendWindow]jetstream.PubAckFuture
+		size    int64
+		n       uint32
+	)
+	// wait collects the acknowledgement of the chunk in slot i, if any.
+	wait := func(i int) error {
+		f := pending[i]
+		if f == nil {
+			return nil
+		}
+		pending[i] = nil
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return classify(err)
+		case <-ctx.Done():
+			return classify(ctx.Err())
+		}
+	}
+	waitAll := func() error {
+		var first error
+		for i := range pending {
+			if err := wait(i); err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
 	for {
+		slot := int(n % sendWindow)
+		if err := wait(slot); err != nil {
+			_ = waitAll()
+			return size, n, fmt.Errorf("chunk %d: %w", int(n)-sendWindow+1, err)
+		}
 		if err := ctx.Err(); err != nil {
+			_ = waitAll()
 			return size, n, err
 		}
-		k, rerr := io.ReadFull(r, buf)
+		if bufs[slot] == nil {
+			bufs[slot] = make([]byte, s.chunkSize)
+		}
+		k, rerr := io.ReadFull(r, bufs[slot])
 		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			_ = waitAll()
 			return size, n, fmt.Errorf("read: %w", rerr)
 		}
 		if k > 0 {
-			h.Write(buf[:k])
-			msg := &nats.Msg{Subject: subject, Data: buf[:k]}
-			if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(streamName(s.bucket))); err != nil {
+			h.Write(bufs[slot][:k])
+			f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: bufs[slot][:k]}, jetstream.WithExpectStream(streamName(s.bucket)))
+			if err != nil {
+				_ = waitAll()
 				return size, n, fmt.Errorf("chunk %d: %w", n+1, classify(err))
 			}
+			pending[slot] = f
 			size += int64(k)
 			n++
 		}
 		if rerr != nil {
+			if err := waitAll(); err != nil {
+				return size, n, fmt.Errorf("chunk: %w", err)
+			}
 			return size, n, nil
 		}
 	}
