@@ -36,6 +36,8 @@ SCU_OPTS=(-R -aec "$AE" -aet BENCHSCU) # -R: propose only the SOP classes of the
 ECHOES=200
 
 die() { echo "storescp.sh: FAIL: $*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 for t in go storescp storescu echoscu dcmodify; do
   command -v $t >/dev/null || die "$t missing (apt-get install -y dcmtk; Go from go.dev)"
 done
@@ -64,7 +66,6 @@ mapfile -t SMALL < <(find "$CORPUS/small" -name '*.dcm' -type f | sort)
 mapfile -t LARGE < <(find "$CORPUS/large" -name '*.dcm' -type f | sort)
 mapfile -t HUGE < <(find "$CORPUS/huge" -name '*.dcm' -type f | sort)
 [ ${#SMALL[@]} -eq 500 ] && [ ${#LARGE[@]} -eq 20 ] && [ ${#HUGE[@]} -eq 1 ] || die "corpus incomplete under $CORPUS"
-bytes_of() { stat -c %s "$@" | awk '{s += $1} END {printf "%d", s}'; }
 SMALL_B=$(bytes_of "${SMALL[@]}") LARGE_B=$(bytes_of "${LARGE[@]}") HUGE_B=$(bytes_of "${HUGE[@]}")
 
 # ---- receivers ----
@@ -74,9 +75,6 @@ free_port() {
     listening "$p" || { echo "$p"; return; }
   done
   die "no free port in 41112-41199"
-}
-listening() { # listening PORT: something listens on TCP PORT
-  awk -v p="$(printf ':%04X' "$1")" 'FNR > 1 && substr($2, length($2) - 4) == p && $4 == "0A" {f = 1} END {exit !f}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 PORT=$(free_port)
 
@@ -125,52 +123,8 @@ start_receiver() {
   POLLER=$!
 }
 
-# poll_rss PID FILE: every 50 ms append "pid VmHWM-kB" for PID and each of its children
-# whenever a peak rises (children: storescp --fork forks one per association).
-poll_rss() {
-  local pid=$1 out=$2 p k v kids
-  declare -A hwm=()
-  while [ -d "/proc/$pid" ]; do
-    kids=""
-    read -r kids 2>/dev/null < "/proc/$pid/task/$pid/children" || true
-    for p in $pid $kids; do
-      while read -r k v _; do
-        if [ "$k" = VmHWM: ]; then
-          if [ "$v" -gt "${hwm[$p]:-0}" ]; then hwm[$p]=$v; echo "$p $v" >> "$out"; fi
-          break
-        fi
-      done 2>/dev/null < "/proc/$p/status" || true
-    done
-    sleep 0.05
-  done
-}
 
-# stop_receiver: final VmHWM reading, stop poller and receiver, sets RSS_KB (main process +
-# sum over children) and RSS_NOTE; removes the received files and syncs.
 RSS_KB=0 RSS_NOTE=""
-stop_receiver() {
-  local v
-  v=$(awk '/^VmHWM:/ {print $2}' "/proc/$RECEIVER/status" 2>/dev/null || true)
-  [ -n "$v" ] && echo "$RECEIVER $v" >> "$RSSF"
-  kill "$POLLER" 2>/dev/null || true
-  wait "$POLLER" 2>/dev/null || true
-  POLLER=""
-  kill -TERM -- "-$RECEIVER" 2>/dev/null || true
-  local i
-  for ((i = 0; i < 300; i++)); do kill -0 "$RECEIVER" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL -- "-$RECEIVER" 2>/dev/null || true
-  wait "$RECEIVER" 2>/dev/null || true
-  read -r RSS_KB RSS_NOTE < <(awk -v main="$RECEIVER" '
-    {if ($2 > m[$1]) m[$1] = $2}
-    END {
-      tot = 0; n = 0; mx = 0
-      for (p in m) if (p != main) {tot += m[p]; n++; if (m[p] > mx) mx = m[p]}
-      printf "%d %s\n", m[main] + tot, (n ? sprintf("parent=%.0fMiB+%dchildren(max=%.0fMiB)", m[main]/1024, n, mx/1024) : "-")
-    }' "$RSSF")
-  RECEIVER=""
-  rm -rf "$RDIR" "$RSSF"
-  sync
-}
 
 # check_received N BYTES TAG: N files arrived, with at least 99% of the bytes sent
 check_received() {
@@ -253,12 +207,6 @@ echo "receivers (defaults; max PDU: DCMTK 16 KiB, pacsflow 256 KiB):"
 for r in dcmtk dcmtk-B dcmtk-fork pacsflow pacsflow-fsync; do printf '  %-26s %s\n' "$(label "$r"):" "$(receiver_cmd "$r" DIR | sed "s#$ROOT/##")"; done
 echo
 
-# rotate N WORDS...: the words, starting at word N mod count (the order changes every run)
-rotate() {
-  local n=$1; shift
-  local a=("$@") i
-  for ((i = 0; i < ${#a[@]}; i++)); do echo "${a[(i + n) % ${#a[@]}]}"; done
-}
 
 # ---- measurements: runs outermost and the receiver order rotated per run, so noise and
 # ---- warm-up spread over every receiver; the corpus is read once first (page cache).

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -20,7 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pacsflow/pacsflow/pkg/part10"
+	"github.com/pacsflow/pacsflow/internal/dicomtest"
+
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
@@ -219,45 +219,11 @@ func waitListening(t *testing.T, p *process, addr string) bool {
 }
 
 // sample is a Part 10 file split into its meta information and data set.
-type sample struct {
-	path    string
-	meta    part10.Meta
-	dataSet []byte
-}
+type sample = dicomtest.Sample
 
-func readSample(t *testing.T, path string) sample {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := part10.NewReader(f)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	ds, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return sample{path: path, meta: r.Meta, dataSet: ds}
-}
+func readSample(t *testing.T, path string) sample { return dicomtest.ReadSample(t, path) }
 
-// samplePaths returns testdata/1.dcm to 6.dcm of the module
-// github.com/suyashkumar/dicom (Explicit LE, Implicit LE, Deflated).
-func samplePaths(t *testing.T) []string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/suyashkumar/dicom").Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		t.Fatalf("cannot locate the module github.com/suyashkumar/dicom (%v): run go mod download", err)
-	}
-	var paths []string
-	for i := 1; i <= 6; i++ {
-		paths = append(paths, filepath.Join(dir, "testdata", fmt.Sprintf("%d.dcm", i)))
-	}
-	return paths
-}
+func samplePaths(t *testing.T) []string { return dicomtest.SamplePaths(t) }
 
 // copyFile copies src into dir, writable (the module cache is read-only).
 func copyFile(t *testing.T, src, dir string) string {
@@ -290,7 +256,7 @@ func TestStoreSCPFromDCMTK(t *testing.T) {
 			t.Fatalf("dcmconv %s: %v\n%s", p, err, out)
 		}
 		s := readSample(t, dst)
-		if s.meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian {
+		if s.Meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian {
 			deflated = append(deflated, s)
 		} else {
 			plain = append(plain, s)
@@ -312,7 +278,7 @@ func TestStoreSCPFromDCMTK(t *testing.T) {
 	}{{nil, plain}, {[]string{"-xd"}, deflated}} {
 		args := append(append([]string{}, run.opts...), "-aet", "STORESCU", "-aec", "PACSFLOW", host, port)
 		for _, s := range run.samples {
-			args = append(args, s.path)
+			args = append(args, s.Path)
 		}
 		start(t, "storescu", args...).mustSucceed(t)
 	}
@@ -329,30 +295,30 @@ func TestStoreSCPFromDCMTK(t *testing.T) {
 		t.Errorf("%d files in the output folder, want %d: %v", len(entries), want, names)
 	}
 	for _, s := range append(plain, deflated...) {
-		name := filepath.Base(s.path)
-		path := filepath.Join(dir, s.meta.MediaStorageSOPInstanceUID+".dcm")
+		name := filepath.Base(s.Path)
+		path := filepath.Join(dir, s.Meta.MediaStorageSOPInstanceUID+".dcm")
 		if _, err := os.Stat(path); err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
 		got := readSample(t, path)
-		want := s.dataSet
-		if s.meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian && len(want)%2 == 1 {
+		want := s.DataSet
+		if s.Meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian && len(want)%2 == 1 {
 			// DCMTK pads an odd deflated stream with a NUL when it sends it.
 			want = append(bytes.Clone(want), 0)
 		}
 		switch {
-		case got.meta.TransferSyntaxUID != s.meta.TransferSyntaxUID:
-			t.Errorf("%s: stored in %s, want %s", name, uid.Name(got.meta.TransferSyntaxUID), uid.Name(s.meta.TransferSyntaxUID))
-		case got.meta.MediaStorageSOPClassUID != s.meta.MediaStorageSOPClassUID:
-			t.Errorf("%s: stored with SOP class %s, want %s", name, got.meta.MediaStorageSOPClassUID, s.meta.MediaStorageSOPClassUID)
-		case got.meta.SourceApplicationEntityTitle != "STORESCU":
-			t.Errorf("%s: source AE %q, want STORESCU", name, got.meta.SourceApplicationEntityTitle)
-		case !bytes.Equal(got.dataSet, want):
-			t.Errorf("%s: stored data set of %d bytes differs from the %d bytes sent", name, len(got.dataSet), len(want))
+		case got.Meta.TransferSyntaxUID != s.Meta.TransferSyntaxUID:
+			t.Errorf("%s: stored in %s, want %s", name, uid.Name(got.Meta.TransferSyntaxUID), uid.Name(s.Meta.TransferSyntaxUID))
+		case got.Meta.MediaStorageSOPClassUID != s.Meta.MediaStorageSOPClassUID:
+			t.Errorf("%s: stored with SOP class %s, want %s", name, got.Meta.MediaStorageSOPClassUID, s.Meta.MediaStorageSOPClassUID)
+		case got.Meta.SourceApplicationEntityTitle != "STORESCU":
+			t.Errorf("%s: source AE %q, want STORESCU", name, got.Meta.SourceApplicationEntityTitle)
+		case !bytes.Equal(got.DataSet, want):
+			t.Errorf("%s: stored data set of %d bytes differs from the %d bytes sent", name, len(got.DataSet), len(want))
 		}
 		out, err := exec.Command("dcmdump", path).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "["+s.meta.MediaStorageSOPInstanceUID+"]") || strings.Contains(string(out), "E: ") {
+		if err != nil || !strings.Contains(string(out), "["+s.Meta.MediaStorageSOPInstanceUID+"]") || strings.Contains(string(out), "E: ") {
 			t.Errorf("dcmdump %s (%v):\n%s", path, err, out)
 		}
 	}
@@ -370,10 +336,10 @@ func TestStoreSCUToDCMTK(t *testing.T) {
 		// An odd-length data set (the deflated 6.dcm) makes DCMTK abort the
 		// association: pkg/dimse's TestClientStoreOddLengthDeflatedToDCMTK
 		// covers that.
-		if len(s.dataSet)%2 == 1 {
+		if len(s.DataSet)%2 == 1 {
 			continue
 		}
-		s.path = copyFile(t, p, src)
+		s.Path = copyFile(t, p, src)
 		sent = append(sent, s)
 	}
 	notDICOM := filepath.Join(src, "notes.txt")
@@ -403,20 +369,20 @@ func TestStoreSCUToDCMTK(t *testing.T) {
 	}
 	for _, e := range entries {
 		s := readSample(t, filepath.Join(dir, e.Name()))
-		stored[s.meta.MediaStorageSOPInstanceUID] = s
+		stored[s.Meta.MediaStorageSOPInstanceUID] = s
 	}
 	if len(stored) != len(sent) {
 		t.Errorf("storescp stored %d files, want %d", len(stored), len(sent))
 	}
 	for _, s := range sent {
-		got, ok := stored[s.meta.MediaStorageSOPInstanceUID]
+		got, ok := stored[s.Meta.MediaStorageSOPInstanceUID]
 		switch {
 		case !ok:
-			t.Errorf("%s was not stored", filepath.Base(s.path))
-		case got.meta.TransferSyntaxUID != s.meta.TransferSyntaxUID:
-			t.Errorf("%s: stored in %s, want %s", filepath.Base(s.path), uid.Name(got.meta.TransferSyntaxUID), uid.Name(s.meta.TransferSyntaxUID))
-		case !bytes.Equal(got.dataSet, s.dataSet):
-			t.Errorf("%s: stored data set of %d bytes differs from the %d bytes sent", filepath.Base(s.path), len(got.dataSet), len(s.dataSet))
+			t.Errorf("%s was not stored", filepath.Base(s.Path))
+		case got.Meta.TransferSyntaxUID != s.Meta.TransferSyntaxUID:
+			t.Errorf("%s: stored in %s, want %s", filepath.Base(s.Path), uid.Name(got.Meta.TransferSyntaxUID), uid.Name(s.Meta.TransferSyntaxUID))
+		case !bytes.Equal(got.DataSet, s.DataSet):
+			t.Errorf("%s: stored data set of %d bytes differs from the %d bytes sent", filepath.Base(s.Path), len(got.DataSet), len(s.DataSet))
 		}
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pacsflow/pacsflow/internal/dicomtest"
+
 	grail "github.com/grailbio/go-dicom"
 	"github.com/grailbio/go-dicom/dicomtag"
 	suyash "github.com/suyashkumar/dicom"
@@ -85,43 +87,16 @@ func python(t *testing.T) string {
 }
 
 // sample is a Part 10 file split into its meta information and data set.
-type sample struct {
-	path    string
-	meta    part10.Meta
-	dataSet []byte
-}
+type sample = dicomtest.Sample
 
-func readSample(t *testing.T, path string) sample {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := part10.NewReader(f)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	ds, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return sample{path: path, meta: r.Meta, dataSet: ds}
-}
+func readSample(t *testing.T, path string) sample { return dicomtest.ReadSample(t, path) }
 
-// originalSamples returns testdata/1.dcm to 6.dcm of the module
-// github.com/suyashkumar/dicom: real images in Explicit VR Little Endian,
-// Implicit VR Little Endian and Deflated Explicit VR Little Endian.
+// originalSamples reads the sample files of dicomtest.SamplePaths.
 func originalSamples(t *testing.T) []sample {
 	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/suyashkumar/dicom").Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		t.Fatalf("cannot locate the module github.com/suyashkumar/dicom (%v): run go mod download", err)
-	}
 	var s []sample
-	for i := 1; i <= 6; i++ {
-		s = append(s, readSample(t, filepath.Join(dir, "testdata", fmt.Sprintf("%d.dcm", i))))
+	for _, p := range dicomtest.SamplePaths(t) {
+		s = append(s, readSample(t, p))
 	}
 	return s
 }
@@ -141,7 +116,7 @@ func makeCorpus(t *testing.T) map[string][]sample {
 	corpus := map[string][]sample{}
 	tmp := filepath.Join(dir, "tmp.dcm")
 	for i, orig := range originalSamples(t) {
-		src, err := os.ReadFile(orig.path)
+		src, err := os.ReadFile(orig.Path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,11 +126,11 @@ func makeCorpus(t *testing.T) map[string][]sample {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command("dcmodify", "-nb", "-gin", tmp).CombinedOutput(); err != nil {
-				t.Fatalf("dcmodify %s: %v\n%s", orig.path, err, out)
+				t.Fatalf("dcmodify %s: %v\n%s", orig.Path, err, out)
 			}
 			dst := filepath.Join(dir, fmt.Sprintf("%d-%s.dcm", i+1, s.name))
 			if out, err := exec.Command("dcmconv", s.dcmconv, tmp, dst).CombinedOutput(); err != nil {
-				t.Fatalf("dcmconv %s %s: %v\n%s", s.dcmconv, orig.path, err, out)
+				t.Fatalf("dcmconv %s %s: %v\n%s", s.dcmconv, orig.Path, err, out)
 			}
 			corpus[s.uid] = append(corpus[s.uid], readSample(t, dst))
 		}
@@ -167,10 +142,10 @@ func makeCorpus(t *testing.T) map[string][]sample {
 // pads an odd-length deflated stream with a NUL byte, as DICOM data sets
 // have even lengths, while dcmconv writes it unpadded into files.
 func sentByDCMTK(s sample) []byte {
-	if s.meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian && len(s.dataSet)%2 == 1 {
-		return append(bytes.Clone(s.dataSet), 0)
+	if s.Meta.TransferSyntaxUID == uid.DeflatedExplicitVRLittleEndian && len(s.DataSet)%2 == 1 {
+		return append(bytes.Clone(s.DataSet), 0)
 	}
-	return s.dataSet
+	return s.DataSet
 }
 
 // evenLength drops the samples whose data set has an odd length: DCMTK
@@ -179,7 +154,7 @@ func sentByDCMTK(s sample) []byte {
 func evenLength(in []sample) []sample {
 	var out []sample
 	for _, s := range in {
-		if len(s.dataSet)%2 == 0 {
+		if len(s.DataSet)%2 == 0 {
 			out = append(out, s)
 		}
 	}
@@ -403,16 +378,16 @@ func startServer(t *testing.T, cfg dimse.ServerConfig) *testServer {
 // sent, whose data set went on the wire as want.
 func checkReceived(t *testing.T, got received, s sample, want []byte) {
 	t.Helper()
-	name := filepath.Base(s.path)
+	name := filepath.Base(s.Path)
 	if got.err != nil {
 		t.Errorf("%s: reading the data set failed: %v", name, got.err)
 		return
 	}
-	if got.ind.TransferSyntaxUID != s.meta.TransferSyntaxUID {
-		t.Errorf("%s: received in %s, want %s", name, uid.Name(got.ind.TransferSyntaxUID), uid.Name(s.meta.TransferSyntaxUID))
+	if got.ind.TransferSyntaxUID != s.Meta.TransferSyntaxUID {
+		t.Errorf("%s: received in %s, want %s", name, uid.Name(got.ind.TransferSyntaxUID), uid.Name(s.Meta.TransferSyntaxUID))
 	}
-	if got.ind.AffectedSOPClassUID != s.meta.MediaStorageSOPClassUID {
-		t.Errorf("%s: SOP class %s, want %s", name, got.ind.AffectedSOPClassUID, s.meta.MediaStorageSOPClassUID)
+	if got.ind.AffectedSOPClassUID != s.Meta.MediaStorageSOPClassUID {
+		t.Errorf("%s: SOP class %s, want %s", name, got.ind.AffectedSOPClassUID, s.Meta.MediaStorageSOPClassUID)
 	}
 	if !bytes.Equal(got.data, want) {
 		t.Errorf("%s: received data set of %d bytes differs from the %d bytes sent (first difference at byte %d)",
@@ -546,7 +521,7 @@ func TestStoreSCUFromDCMTK(t *testing.T) {
 			files := corpus[s.uid]
 			args := []string{s.storescu, "-aet", "STORESCU", "-aec", serverAE, "127.0.0.1", srv.port}
 			for _, f := range files {
-				args = append(args, f.path)
+				args = append(args, f.Path)
 			}
 			mustRun(t, "storescu", args...)
 
@@ -556,9 +531,9 @@ func TestStoreSCUFromDCMTK(t *testing.T) {
 			}
 			assocs := map[string]bool{}
 			for _, f := range files {
-				g, ok := got[f.meta.MediaStorageSOPInstanceUID]
+				g, ok := got[f.Meta.MediaStorageSOPInstanceUID]
 				if !ok {
-					t.Errorf("%s was not received", filepath.Base(f.path))
+					t.Errorf("%s was not received", filepath.Base(f.Path))
 					continue
 				}
 				assocs[g.ind.Association.ID] = true
@@ -581,7 +556,7 @@ func TestStoreSCUFromDCMTKConcurrent(t *testing.T) {
 	for _, s := range syntaxes {
 		args := []string{s.storescu, "-aet", "STORESCU", "-aec", serverAE, "127.0.0.1", srv.port}
 		for _, f := range corpus[s.uid] {
-			args = append(args, f.path)
+			args = append(args, f.Path)
 		}
 		procs = append(procs, startProc(t, "storescu", args...))
 	}
@@ -596,9 +571,9 @@ func TestStoreSCUFromDCMTKConcurrent(t *testing.T) {
 	for _, s := range syntaxes {
 		for _, f := range corpus[s.uid] {
 			total++
-			g, ok := got[f.meta.MediaStorageSOPInstanceUID]
+			g, ok := got[f.Meta.MediaStorageSOPInstanceUID]
 			if !ok {
-				t.Errorf("%s was not received", filepath.Base(f.path))
+				t.Errorf("%s was not received", filepath.Base(f.Path))
 				continue
 			}
 			assocs[g.ind.Association.ID] = true
@@ -684,7 +659,7 @@ func storeWithClient(t *testing.T, addr, calledAE string, samples []sample) {
 	var props []dimse.Proposal
 	seen := map[[2]string]bool{}
 	for _, s := range samples {
-		k := [2]string{s.meta.MediaStorageSOPClassUID, s.meta.TransferSyntaxUID}
+		k := [2]string{s.Meta.MediaStorageSOPClassUID, s.Meta.TransferSyntaxUID}
 		if !seen[k] {
 			seen[k] = true
 			props = append(props, dimse.Proposal{AbstractSyntax: k[0], TransferSyntaxes: []string{k[1]}})
@@ -695,14 +670,14 @@ func storeWithClient(t *testing.T, addr, calledAE string, samples []sample) {
 		t.Fatal(err)
 	}
 	for _, s := range samples {
-		req := dimse.StoreRequest{AffectedSOPClassUID: s.meta.MediaStorageSOPClassUID, AffectedSOPInstanceUID: s.meta.MediaStorageSOPInstanceUID}
-		res, err := c.Store(ctx, req, s.meta.TransferSyntaxUID, bytes.NewReader(s.dataSet))
+		req := dimse.StoreRequest{AffectedSOPClassUID: s.Meta.MediaStorageSOPClassUID, AffectedSOPInstanceUID: s.Meta.MediaStorageSOPInstanceUID}
+		res, err := c.Store(ctx, req, s.Meta.TransferSyntaxUID, bytes.NewReader(s.DataSet))
 		if err != nil {
 			_ = c.Abort()
-			t.Fatalf("store %s: %v", filepath.Base(s.path), err)
+			t.Fatalf("store %s: %v", filepath.Base(s.Path), err)
 		}
 		if !res.Status.IsSuccess() {
-			t.Errorf("store %s: %s %s", filepath.Base(s.path), res.Status, res.Comment)
+			t.Errorf("store %s: %s %s", filepath.Base(s.Path), res.Status, res.Comment)
 		}
 	}
 	if err := c.Release(); err != nil {
@@ -720,7 +695,7 @@ func readStored(t *testing.T, dir string) map[string]sample {
 	m := map[string]sample{}
 	for _, e := range entries {
 		s := readSample(t, filepath.Join(dir, e.Name()))
-		m[s.meta.MediaStorageSOPInstanceUID] = s
+		m[s.Meta.MediaStorageSOPInstanceUID] = s
 	}
 	return m
 }
@@ -754,16 +729,16 @@ func TestClientStoreToDCMTK(t *testing.T) {
 				t.Errorf("storescp stored %d files, want %d", len(stored), len(mode.samples))
 			}
 			for _, s := range mode.samples {
-				name := filepath.Base(s.path)
-				got, ok := stored[s.meta.MediaStorageSOPInstanceUID]
+				name := filepath.Base(s.Path)
+				got, ok := stored[s.Meta.MediaStorageSOPInstanceUID]
 				switch {
 				case !ok:
 					t.Errorf("%s: not stored by storescp", name)
-				case got.meta.TransferSyntaxUID != s.meta.TransferSyntaxUID:
-					t.Errorf("%s: stored in %s, want %s", name, uid.Name(got.meta.TransferSyntaxUID), uid.Name(s.meta.TransferSyntaxUID))
-				case !bytes.Equal(got.dataSet, s.dataSet):
+				case got.Meta.TransferSyntaxUID != s.Meta.TransferSyntaxUID:
+					t.Errorf("%s: stored in %s, want %s", name, uid.Name(got.Meta.TransferSyntaxUID), uid.Name(s.Meta.TransferSyntaxUID))
+				case !bytes.Equal(got.DataSet, s.DataSet):
 					t.Errorf("%s: stored data set of %d bytes differs from the %d bytes sent (first difference at byte %d)",
-						name, len(got.dataSet), len(s.dataSet), firstDifference(got.dataSet, s.dataSet))
+						name, len(got.DataSet), len(s.DataSet), firstDifference(got.DataSet, s.DataSet))
 				}
 			}
 		})
@@ -780,7 +755,7 @@ func TestClientStoreToDCMTK(t *testing.T) {
 func TestClientStoreOddLengthDeflatedToDCMTK(t *testing.T) {
 	var odd []sample
 	for _, s := range originalSamples(t) {
-		if len(s.dataSet)%2 == 1 {
+		if len(s.DataSet)%2 == 1 {
 			odd = append(odd, s)
 		}
 	}
@@ -792,13 +767,13 @@ func TestClientStoreOddLengthDeflatedToDCMTK(t *testing.T) {
 	storeWithClient(t, addr, "STORESCP", odd)
 	stored := readStored(t, dir)
 	for _, s := range odd {
-		got, ok := stored[s.meta.MediaStorageSOPInstanceUID]
+		got, ok := stored[s.Meta.MediaStorageSOPInstanceUID]
 		if !ok {
-			t.Errorf("%s: not stored by storescp", filepath.Base(s.path))
+			t.Errorf("%s: not stored by storescp", filepath.Base(s.Path))
 			continue
 		}
-		if want := sentByDCMTK(s); !bytes.Equal(got.dataSet, want) {
-			t.Errorf("%s: stored %d bytes, want the %d-byte data set padded to %d bytes", filepath.Base(s.path), len(got.dataSet), len(s.dataSet), len(want))
+		if want := sentByDCMTK(s); !bytes.Equal(got.DataSet, want) {
+			t.Errorf("%s: stored %d bytes, want the %d-byte data set padded to %d bytes", filepath.Base(s.Path), len(got.DataSet), len(s.DataSet), len(want))
 		}
 	}
 }
@@ -856,7 +831,7 @@ func runPynetdicom(t *testing.T, py string, srv *testServer, mode string, files 
 	t.Helper()
 	args := []string{filepath.Join("testdata", "pynetdicom_scu.py"), "127.0.0.1", srv.port, serverAE, mode}
 	for _, f := range files {
-		args = append(args, f.path)
+		args = append(args, f.Path)
 	}
 	p := startProc(t, py, args...)
 	text, err := p.wait(t)
@@ -884,7 +859,7 @@ func TestPynetdicomStore(t *testing.T) {
 	files := originalSamples(t)
 	for _, s := range syntaxes[1:] {
 		for _, f := range corpus[s.uid] {
-			if f.meta.MediaStorageSOPClassUID == uid.MRImageStorage {
+			if f.Meta.MediaStorageSOPClassUID == uid.MRImageStorage {
 				files = append(files, f)
 			}
 		}
@@ -917,15 +892,15 @@ func TestPynetdicomStore(t *testing.T) {
 	}
 	got := srv.store.bySOPInstance(t)
 	for _, f := range files {
-		g, ok := got[f.meta.MediaStorageSOPInstanceUID]
+		g, ok := got[f.Meta.MediaStorageSOPInstanceUID]
 		if !ok {
-			t.Errorf("%s was not received", filepath.Base(f.path))
+			t.Errorf("%s was not received", filepath.Base(f.Path))
 			continue
 		}
 		if g.ind.Association.CallingAE != "PYNETDICOM" {
-			t.Errorf("%s: calling AE %q, want PYNETDICOM", filepath.Base(f.path), g.ind.Association.CallingAE)
+			t.Errorf("%s: calling AE %q, want PYNETDICOM", filepath.Base(f.Path), g.ind.Association.CallingAE)
 		}
-		checkReceived(t, g, f, f.dataSet)
+		checkReceived(t, g, f, f.DataSet)
 	}
 }
 
@@ -938,13 +913,13 @@ func TestPynetdicomAbortMidDataSet(t *testing.T) {
 	samples := originalSamples(t)
 	var large sample
 	for _, s := range samples {
-		if len(s.dataSet) > len(large.dataSet) {
+		if len(s.DataSet) > len(large.DataSet) {
 			large = s
 		}
 	}
 	srv := startServer(t, dimse.ServerConfig{})
 	res := runPynetdicom(t, py, srv, "abort-mid-dataset", []sample{large})
-	if res.SOPInstanceUID != large.meta.MediaStorageSOPInstanceUID || res.DataBytesSent == 0 || res.DataBytesSent >= res.DataSetLength {
+	if res.SOPInstanceUID != large.Meta.MediaStorageSOPInstanceUID || res.DataBytesSent == 0 || res.DataBytesSent >= res.DataSetLength {
 		t.Fatalf("pynetdicom did not send part of the data set: %+v", res)
 	}
 
@@ -952,7 +927,7 @@ func TestPynetdicomAbortMidDataSet(t *testing.T) {
 	if ended["stored"] != 0.0 {
 		t.Errorf("server reports %v instances stored on the aborted association, want 0", ended["stored"])
 	}
-	srv.logs.wait(t, "instance not stored: data set incomplete", map[string]any{"sop_instance": large.meta.MediaStorageSOPInstanceUID})
+	srv.logs.wait(t, "instance not stored: data set incomplete", map[string]any{"sop_instance": large.Meta.MediaStorageSOPInstanceUID})
 	got := srv.store.all()
 	if len(got) != 1 {
 		t.Fatalf("handler called %d times, want once", len(got))
@@ -967,7 +942,7 @@ func TestPynetdicomAbortMidDataSet(t *testing.T) {
 	case !errors.As(g.err, &abort) || !abort.Remote:
 		t.Errorf("read error %v does not report the peer's A-ABORT", g.err)
 	}
-	if !bytes.Equal(g.data, large.dataSet[:res.DataBytesSent]) {
+	if !bytes.Equal(g.data, large.DataSet[:res.DataBytesSent]) {
 		t.Errorf("handler read %d bytes before the error, want the %d bytes sent", len(g.data), res.DataBytesSent)
 	}
 
@@ -977,7 +952,7 @@ func TestPynetdicomAbortMidDataSet(t *testing.T) {
 	if len(res.Stores) != 1 || res.Stores[0].Status == nil || *res.Stores[0].Status != 0 {
 		t.Fatalf("store after the abort: %+v", res.Stores)
 	}
-	checkReceived(t, srv.store.bySOPInstance(t)[small.meta.MediaStorageSOPInstanceUID], small, small.dataSet)
+	checkReceived(t, srv.store.bySOPInstance(t)[small.Meta.MediaStorageSOPInstanceUID], small, small.DataSet)
 }
 
 // TestDCMTKRejected: associations that the server must reject, from

@@ -276,7 +276,7 @@ func (zeros) Read(p []byte) (int, error) {
 func BenchmarkPut(b *testing.B) {
 	for _, sync := range []bool{false, true} {
 		b.Run(map[bool]string{false: "sync=off", true: "sync=on"}[sync], func(b *testing.B) {
-			benchmarkPut(b, newStoreB(b, Config{Root: b.TempDir(), Sync: sync}))
+			storagetest.BenchmarkPut(b, newStoreB(b, Config{Root: b.TempDir(), Sync: sync}))
 		})
 	}
 }
@@ -289,48 +289,6 @@ func newStoreB(b *testing.B, cfg Config) *Store {
 	return s
 }
 
-// benchmarkPut stores 512 KiB objects, each under a key of its own.
-func benchmarkPut(b *testing.B, s storage.Store) {
-	const size = 512 << 10
-	data := bytes.Repeat([]byte("pacsflow"), size/8)
-	keys := make([]string, b.N)
-	for i := range keys {
-		k, err := storage.InstanceKey("1.2.3", "1.2.3.4", "1.2.3.4."+strconv.Itoa(i+1), "v1")
-		if err != nil {
-			b.Fatal(err)
-		}
-		keys[i] = k
-	}
-	ctx := b.Context()
-	b.SetBytes(size)
-	b.ResetTimer()
-	for i := range b.N {
-		if _, err := s.Put(ctx, keys[i], bytes.NewReader(data)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "objects/s")
-}
-
-// gatedReader yields first, then waits for gate before yielding rest.
-// read is closed once first is read.
-type gatedReader struct {
-	first, rest io.Reader
-	read, gate  chan struct{}
-}
-
-func (g *gatedReader) Read(p []byte) (int, error) {
-	if n, err := g.first.Read(p); err != io.EOF {
-		return n, err
-	}
-	if g.read != nil {
-		close(g.read)
-		g.read = nil
-		<-g.gate
-	}
-	return g.rest.Read(p)
-}
-
 // TestLostRace: of two Puts that both find the key free, the one that
 // renames second gets ErrExists and leaves no temporary.
 func TestLostRace(t *testing.T) {
@@ -339,12 +297,12 @@ func TestLostRace(t *testing.T) {
 			ctx := t.Context()
 			s := newStore(t, Config{})
 			s.linkRename = link
-			slow := &gatedReader{
-				first: bytes.NewReader(bytes.Repeat([]byte("a"), 200<<10)),
-				rest:  bytes.NewReader(bytes.Repeat([]byte("b"), 100<<10)),
-				read:  make(chan struct{}), gate: make(chan struct{}),
+			slow := &storagetest.GatedReader{
+				First:   bytes.NewReader(bytes.Repeat([]byte("a"), 200<<10)),
+				Rest:    bytes.NewReader(bytes.Repeat([]byte("b"), 100<<10)),
+				Drained: make(chan struct{}), Gate: make(chan struct{}),
 			}
-			read := slow.read
+			read := slow.Drained
 			done := make(chan error, 1)
 			go func() {
 				_, err := s.Put(ctx, "a/k", slow)
@@ -355,7 +313,7 @@ func TestLostRace(t *testing.T) {
 			if _, err := s.Put(ctx, "a/k", bytes.NewReader(fast)); err != nil {
 				t.Fatalf("fast Put: %v", err)
 			}
-			close(slow.gate)
+			close(slow.Gate)
 			if err := <-done; !errors.Is(err, storage.ErrExists) {
 				t.Fatalf("slow Put = %v, want ErrExists", err)
 			}
