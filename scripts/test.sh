@@ -12,8 +12,9 @@ need_dcmtk
 need_venv
 
 export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
-echo "== go vet"
+echo "== go vet, staticcheck"
 go vet ./...
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== go test"
 go test -count=1 -timeout 20m ./...
 FUZZTIME=${FUZZTIME:-30s}

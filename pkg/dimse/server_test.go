@@ -31,11 +31,10 @@ import (
 
 // received is what a recording handler saw of one C-STORE.
 type received struct {
-	req    StoreIndication
-	sha    [32]byte
-	n      int64
-	err    error // the error Read returned, if not io.EOF
-	status Status
+	req StoreIndication
+	sha [32]byte
+	n   int64
+	err error // the error Read returned, if not io.EOF
 }
 
 // recorder is a StoreHandler that hashes each data set as it streams in.
