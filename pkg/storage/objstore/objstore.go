@@ -284,14 +284,15 @@ func (s *Store) send(ctx context.Context, subject string, r io.Reader, h hash.Ha
 		if f == nil {
 			return nil
 		}
-		pending[i] = nil
 		select {
 		case <-f.Ok():
+			pending[i] = nil
 			return nil
 		case err := <-f.Err():
+			pending[i] = nil
 			return classify(err)
 		case <-ctx.Done():
-			return classify(ctx.Err())
+			return classify(ctx.Err()) // still in flight: settle waits for it
 		}
 	}
 	waitAll := func() error {
@@ -303,14 +304,41 @@ func (s *Store) send(ctx context.Context, subject string, r io.Reader, h hash.Ha
 		}
 		return first
 	}
+	// settle waits, whatever ctx says, until every chunk in flight has
+	// landed or failed, so that the caller's purge of a failed Put's
+	// chunks comes after the last of them. Without a connection there is
+	// nothing to wait for: the purge fails too, and says so.
+	settle := func() {
+		deadline := time.NewTimer(cleanupTimeout)
+		defer deadline.Stop()
+		poll := time.NewTicker(50 * time.Millisecond)
+		defer poll.Stop()
+		for i, f := range pending {
+			for f != nil {
+				if s.js.Conn().Status() != nats.CONNECTED {
+					return
+				}
+				select {
+				case <-f.Ok():
+					f = nil
+				case <-f.Err():
+					f = nil
+				case <-poll.C:
+				case <-deadline.C:
+					return
+				}
+			}
+			pending[i] = nil
+		}
+	}
 	for {
 		slot := int(n % sendWindow)
 		if err := wait(slot); err != nil {
-			_ = waitAll()
+			settle()
 			return size, n, fmt.Errorf("chunk %d: %w", int(n)-sendWindow+1, err)
 		}
 		if err := ctx.Err(); err != nil {
-			_ = waitAll()
+			settle()
 			return size, n, err
 		}
 		if bufs[slot] == nil {
@@ -318,14 +346,14 @@ func (s *Store) send(ctx context.Context, subject string, r io.Reader, h hash.Ha
 		}
 		k, rerr := io.ReadFull(r, bufs[slot])
 		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-			_ = waitAll()
+			settle()
 			return size, n, fmt.Errorf("read: %w", rerr)
 		}
 		if k > 0 {
 			h.Write(bufs[slot][:k])
 			f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: bufs[slot][:k]}, jetstream.WithExpectStream(streamName(s.bucket)))
 			if err != nil {
-				_ = waitAll()
+				settle()
 				return size, n, fmt.Errorf("chunk %d: %w", n+1, classify(err))
 			}
 			pending[slot] = f
@@ -334,6 +362,7 @@ func (s *Store) send(ctx context.Context, subject string, r io.Reader, h hash.Ha
 		}
 		if rerr != nil {
 			if err := waitAll(); err != nil {
+				settle()
 				return size, n, fmt.Errorf("chunk: %w", err)
 			}
 			return size, n, nil
