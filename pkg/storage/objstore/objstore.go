@@ -420,6 +420,10 @@ func (s *Store) settle(ctx context.Context, key, id, chunks string, err error) (
 // abandon purges the chunks of a failed Put, with a context of its own
 // since the caller's may be what failed it, and returns cause.
 func (s *Store) abandon(ctx context.Context, chunks string, cause error) error {
+	if st := s.js.Conn().Status(); st != nats.CONNECTED {
+		// A purge could only time out.
+		return fmt.Errorf("%w; its partial chunks on %s remain: %w: connection %s", cause, chunks, storage.ErrUnavailable, st)
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	if err := s.stream.Purge(cctx, jetstream.WithPurgeSubject(chunks)); err != nil {

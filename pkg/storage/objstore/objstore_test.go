@@ -268,7 +268,8 @@ func TestUnavailable(t *testing.T) {
 		if !errors.Is(err, storage.ErrUnavailable) {
 			t.Errorf("%s with the server down = %v, want ErrUnavailable", name, err)
 		}
-		if d := time.Since(start); d > 2*time.Second {
+		// Only a hang fails this: the bound is far above the 0.5 s context.
+		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("%s took %v to fail", name, d)
 		}
 	}
@@ -289,7 +290,8 @@ func TestServerGoneMidway(t *testing.T) {
 	if !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("Put = %v, want ErrUnavailable", err)
 	}
-	if d := time.Since(start); d > 500*time.Millisecond+cleanupTimeout+time.Second {
+	// Only a hang fails this: the bound is far above context and cleanup.
+	if d := time.Since(start); d > 500*time.Millisecond+3*cleanupTimeout+5*time.Second {
 		t.Errorf("Put took %v to fail", d)
 	}
 }
