@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -565,14 +566,22 @@ func TestHalfOpenFlood(t *testing.T) {
 		conns = append(conns, c)
 	}
 	waitFor(t, func() bool { return srv.ActiveAssociations() == 5 })
-	closed := 0
+	// The admitted connections wait for their A-ASSOCIATE-RQ (ARTIM, 30 s);
+	// the others are closed: read all at once for a few seconds.
+	var closed atomic.Int32
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
-			closed++
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+				closed.Add(1)
+			}
+		}()
 	}
-	if closed != 5 {
+	wg.Wait()
+	if closed := closed.Load(); closed != 5 {
 		t.Errorf("%d connections closed at once, want the 5 beyond MaxAssociations+MaxPending", closed)
 	}
 }
