@@ -1,0 +1,29 @@
+package events
+
+import "reflect"
+
+// Definition describes one event type of the contract.
+type Definition struct {
+	// Type is the CloudEvents type, versioned.
+	Type string
+	// Subject is the subject pattern the events are published on.
+	Subject string
+	// Data is the Go type of the event's data.
+	Data reflect.Type
+	// Description says what the event means, for the schema and the docs.
+	Description string
+}
+
+// Definitions lists every event type of the contract. The JSON Schemas in
+// schemas/ are generated from it, and tests hold every emitted event to
+// them.
+func Definitions() []Definition {
+	return []Definition{
+		{TypeInstanceStored, SubjectInstanceStored + ".<modality>.<called AE>", reflect.TypeFor[InstanceStored](),
+			"An instance is in storage and its event is acknowledged by JetStream; published once per stored version."},
+		{TypeStudyReceived, SubjectStudyReceived + ".<modalities>.<called AE>", reflect.TypeFor[StudyReceived](),
+			"A study has arrived: its associations ended and nothing came for the quiet period, or the maximum wait passed."},
+		{TypeStudyUpdated, SubjectStudyUpdated + ".<modalities>.<called AE>", reflect.TypeFor[StudyReceived](),
+			"Instances came after the study was reported: series lists only those; the totals count the whole study."},
+	}
+}
