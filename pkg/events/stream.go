@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // StreamConfig configures the stream that keeps pacsflow's events.
@@ -103,9 +106,16 @@ func (p *Publisher) Publish(ctx context.Context, e *Event) (duplicate bool, err 
 	if err != nil {
 		return false, err
 	}
+	ctx, span := tracer().Start(ctx, "publish "+e.Type, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(messagingAttributes(e.NATSSubject, e.ID, e.Type)...))
+	defer span.End()
+	InjectContext(ctx, m.Header)
 	ack, err := p.js.PublishMsg(ctx, m)
 	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "not stored")
 		return false, fmt.Errorf("%w: publish %s %s: %w", ErrNotStored, e.Type, e.ID, err)
 	}
+	span.SetAttributes(attribute.Bool("messaging.nats.duplicate", ack.Duplicate), attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)))
 	return ack.Duplicate, nil
 }
