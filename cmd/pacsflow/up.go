@@ -27,6 +27,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/storage/fsstore"
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
+	"github.com/pacsflow/pacsflow/pkg/telemetry"
 	"github.com/pacsflow/pacsflow/services/ingest"
 )
 
@@ -42,6 +43,7 @@ type pipelineFlags struct {
 	minFreeRatio              *float64
 	maxInstance               *int64
 	streamMaxAge              *time.Duration
+	otlp                      *string
 	level, format             *string
 }
 
@@ -65,6 +67,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.minFreeRatio = fs.Float64("min-free-ratio", 0.10, "see --min-free-bytes")
 	f.maxInstance = fs.Int64("max-instance-bytes", 0, "refuse larger instances with A700; 0: no limit")
 	f.streamMaxAge = fs.Duration("events-max-age", 0, "discard events older than this from the stream; 0 keeps them")
+	f.otlp = fs.String("otlp-endpoint", "", "send traces (C-STORE, storage, publish, study report) over OTLP/HTTP to this URL, e.g. http://collector:4318; empty: no tracing")
 	f.level, f.format = logFlags(fs)
 	return f
 }
@@ -149,6 +152,17 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stopTelemetry, err := telemetry.Setup(setup, telemetry.Config{ServiceName: "pacsflow", OTLPEndpoint: *f.otlp, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTelemetry(sctx); err != nil {
+			log.Warn("flushing telemetry", "err", err)
+		}
+	}()
 	var space func(context.Context) (storage.Space, error)
 	if ns != nil {
 		dir := filepath.Join(*f.data, "jetstream")

@@ -11,7 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pacsflow/pacsflow/pkg/events"
 )
@@ -97,10 +101,12 @@ func entryKey(study, sop, sha string) string {
 	return headerKey(study) + "." + strings.ReplaceAll(sop, ".", "_") + "." + sha[:16]
 }
 
-// entry is what the bucket keeps per stored instance version.
+// entry is what the bucket keeps per stored instance version: the event's
+// data, and its trace context, which the study's report continues.
 type entry struct {
 	events.InstanceStored
-	rev uint64
+	TraceParent string `json:"traceparent,omitempty"`
+	rev         uint64
 }
 
 // run consumes instance events and watches headers until ctx ends.
@@ -182,13 +188,13 @@ func sleep(ctx context.Context, d time.Duration) {
 // into their study headers, then acknowledges them. A message that cannot
 // be decoded is terminated: redelivering it cannot help.
 func (a *assembler) merge(ctx context.Context, msgs []jetstream.Msg) {
-	byStudy := map[string][]events.InstanceStored{}
+	byStudy := map[string][]entry{}
 	acks := map[string][]jetstream.Msg{}
 	for _, m := range msgs {
 		rcv, err := events.Decode(m.Subject(), m.Headers(), m.Data())
-		var d events.InstanceStored
+		d := entry{TraceParent: m.Headers().Get("traceparent")}
 		if err == nil {
-			err = json.Unmarshal(rcv.Data, &d)
+			err = json.Unmarshal(rcv.Data, &d.InstanceStored)
 		}
 		if err != nil || d.Study.StudyInstanceUID == "" || len(d.Object.SHA256) < 16 {
 			a.log.Error("study assembler: undecodable instance event", "subject", m.Subject(), "err", err)
@@ -214,7 +220,7 @@ func (a *assembler) merge(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-func (a *assembler) mergeStudy(ctx context.Context, study string, ds []events.InstanceStored) error {
+func (a *assembler) mergeStudy(ctx context.Context, study string, ds []entry) error {
 	for i := range ds {
 		b, err := json.Marshal(&ds[i])
 		if err != nil {
@@ -443,6 +449,8 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		return time.Time{}, fmt.Errorf("claim report: %w", err)
 	}
 	ev, maxRev, ok := a.studyEvent(&h, entries, gen, trigger)
+	ctx, span := reportSpan(ctx, study, entries)
+	defer span.End()
 	if ok {
 		dup, err := a.pub.Publish(ctx, ev)
 		if err != nil {
@@ -469,6 +477,23 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		cur.Claim = nil
 		return true
 	})
+}
+
+// reportSpan starts the span of a study report as a child of the trace of
+// its newest instance: the C-STORE that completed the study leads on to the
+// study event and to whatever consumes it.
+func reportSpan(ctx context.Context, study string, entries []entry) (context.Context, trace.Span) {
+	var newest entry
+	for _, e := range entries {
+		if e.ReceivedAt.After(newest.ReceivedAt) {
+			newest = e
+		}
+	}
+	if newest.TraceParent != "" {
+		ctx = events.ExtractContext(ctx, nats.Header{"traceparent": []string{newest.TraceParent}})
+	}
+	return otel.Tracer(instrumentation).Start(ctx, "study report", trace.WithAttributes(
+		attribute.String("dicom.study_instance_uid", study), attribute.Int("pacsflow.entries", len(entries))))
 }
 
 // associationsDone reports whether every association that delivered an
@@ -511,7 +536,7 @@ func (a *assembler) entries(ctx context.Context, key string) ([]entry, error) {
 				return out, nil
 			}
 			var d entry
-			if err := json.Unmarshal(e.Value(), &d.InstanceStored); err != nil {
+			if err := json.Unmarshal(e.Value(), &d); err != nil {
 				return nil, fmt.Errorf("instance entry %s: %w", e.Key(), err)
 			}
 			d.rev = e.Revision()

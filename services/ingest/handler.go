@@ -10,6 +10,11 @@ import (
 	"io"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pacsflow/pacsflow/pkg/dicommeta"
 	"github.com/pacsflow/pacsflow/pkg/dimse"
 	"github.com/pacsflow/pacsflow/pkg/events"
@@ -20,6 +25,8 @@ import (
 
 const firstPrefix = 64 << 10
 
+const instrumentation = "github.com/pacsflow/pacsflow/services/ingest"
+
 // HandleStore implements dimse.StoreHandler. In order: find the instance's
 // identifying attributes in the first bytes of the stream, stream the Part
 // 10 file into storage, publish its event and record it. It answers
@@ -28,6 +35,11 @@ const firstPrefix = 64 << 10
 func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, data io.Reader) (res dimse.Result, err error) {
 	start := time.Now()
 	outcome := "stored"
+	ctx, span := otel.Tracer(instrumentation).Start(ctx, "C-STORE", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		attribute.String("dicom.sop_instance_uid", req.AffectedSOPInstanceUID),
+		attribute.String("dicom.calling_ae", req.Association.CallingAE),
+		attribute.String("dicom.called_ae", req.Association.CalledAE),
+		attribute.String("dicom.association", req.Association.ID)))
 	defer func() {
 		if err != nil {
 			var se *dimse.StatusError
@@ -35,7 +47,11 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 			if errors.As(err, &se) {
 				outcome = fmt.Sprintf("%04X", uint16(se.Status))
 			}
+			span.RecordError(err)
+			span.SetStatus(codes.Error, outcome)
 		}
+		span.SetAttributes(attribute.String("pacsflow.outcome", outcome))
+		span.End()
 		s.metrics.instances.WithLabelValues(outcome).Inc()
 		s.metrics.handle.Observe(time.Since(start).Seconds())
 	}()
@@ -64,7 +80,9 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 	}
 	putStart := time.Now()
 	body := io.MultiReader(bytes.NewReader(head), src)
-	obj, err := s.store.Put(ctx, key, body)
+	putCtx, putSpan := otel.Tracer(instrumentation).Start(ctx, "storage put", trace.WithAttributes(attribute.String("pacsflow.key", key)))
+	obj, err := s.store.Put(putCtx, key, body)
+	putSpan.End()
 	s.metrics.store.Observe(time.Since(putStart).Seconds())
 	if err != nil {
 		return dimse.Result{}, s.putFailure(key, err)
