@@ -25,5 +25,11 @@ func Definitions() []Definition {
 			"A study has arrived: its associations ended and nothing came for the quiet period, or the maximum wait passed."},
 		{TypeStudyUpdated, SubjectStudyUpdated + ".<modalities>.<called AE>", reflect.TypeFor[StudyReceived](),
 			"Instances came after the study was reported: series lists only those; the totals count the whole study."},
+		{TypeAnalyticsInstanceStored, SubjectAnalyticsInstanceStored + ".<modality>", reflect.TypeFor[AnalyticsInstanceStored](),
+			"The de-identified projection (DICOM PS3.15 Annex E) of an instance stored event, in the analytics stream."},
+		{TypeAnalyticsStudyReceived, SubjectAnalyticsStudyReceived + ".<modalities>", reflect.TypeFor[AnalyticsStudyReceived](),
+			"The de-identified projection (DICOM PS3.15 Annex E) of a study received event, in the analytics stream."},
+		{TypeAnalyticsStudyUpdated, SubjectAnalyticsStudyUpdated + ".<modalities>", reflect.TypeFor[AnalyticsStudyReceived](),
+			"The de-identified projection (DICOM PS3.15 Annex E) of a study updated event, in the analytics stream."},
 	}
 }
