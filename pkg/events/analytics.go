@@ -119,11 +119,14 @@ type AnalyticsAssociation struct {
 }
 
 // AnalyticsObject is StoredObject de-identified: no bucket or key, so no
-// location of PHI bytes; the digest is a keyed pseudonym of the SHA-256.
+// location of PHI bytes, and instead of the SHA-256 a keyed pseudonym of
+// it, named so that nobody takes it for a digest of the file.
 type AnalyticsObject struct {
-	Backend string `json:"backend"`
+	Backend string `json:"backend,omitempty"`
 	Size    int64  `json:"size"`
-	SHA256  string `json:"sha256"`
+	// DigestPseudonym is a keyed pseudonym of the object's SHA-256: equal
+	// for equal bytes, useless for matching a file one holds.
+	DigestPseudonym string `json:"digest_pseudonym"`
 }
 
 // AnalyticsInstanceStored is the data of analytics.instance.stored.
@@ -140,10 +143,10 @@ type AnalyticsInstanceStored struct {
 	NumberOfFrames    int              `json:"number_of_frames,omitempty"`
 	TransferSyntaxUID string           `json:"transfer_syntax_uid"`
 	Object            AnalyticsObject  `json:"object"`
-	// ReplacesSHA256 is the pseudonym of the replaced version's digest,
-	// equal to that version's object.sha256.
-	ReplacesSHA256 string               `json:"replaces_sha256,omitempty"`
-	Association    AnalyticsAssociation `json:"association"`
+	// ReplacesDigestPseudonym is the replaced version's
+	// object.digest_pseudonym.
+	ReplacesDigestPseudonym string               `json:"replaces_digest_pseudonym,omitempty"`
+	Association             AnalyticsAssociation `json:"association"`
 	// ReceivedAt is shifted with the patient's dates, or absent.
 	ReceivedAt time.Time `json:"received_at,omitzero"`
 }

@@ -165,7 +165,7 @@ func validExamples() map[string][]example {
 				"body_part_examined": "HEAD", "num_instances": 1, "bytes": 528150,
 				"instances": [{"sop_instance_uid": "2.25.166054733285735190271393475342340102359", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
 					"instance_number": 1, "number_of_frames": 1, "transfer_syntax_uid": "1.2.840.10008.1.2.1",
-					"object": {"backend": "objectstore", "size": 528150, "sha256": "5f0e6ac1b2d94c03a8e71f26d4b9c310"},
+					"object": {"backend": "objectstore", "size": 528150, "digest_pseudonym": "5f0e6ac1b2d94c03a8e71f26d4b9c310"},
 					"received_at": "2026-11-20T05:30:08.527577794Z"}]}],
 			"num_series": 1, "num_instances": 1, "bytes": 528150,
 			"calling_aes": ["PSN-QW4ERT7YUI2OPASD"], "called_aes": ["PSN-ZX3CVB5NM6LKJHGF"], "associations": ["PSN-MN2BV3CX4ZL5KJ6H"],
@@ -176,7 +176,7 @@ func validExamples() map[string][]example {
 	analyticsStudyMinimal := json.RawMessage(`{"patient": {}, "study": {"study_instance_uid": "2.25.1"}, "modalities": [],
 		"series": [{"series_instance_uid": "2.25.2", "num_instances": 1, "bytes": 0, "instances": [{"sop_instance_uid": "2.25.3",
 			"sop_class_uid": "1.2.840.10008.5.1.4.1.1.7", "transfer_syntax_uid": "1.2.840.10008.1.2",
-			"object": {"backend": "fs", "size": 0, "sha256": "00000000000000000000000000000000"}}]}],
+			"object": {"backend": "fs", "size": 0, "digest_pseudonym": "00000000000000000000000000000000"}}]}],
 		"num_series": 1, "num_instances": 1, "bytes": 0, "calling_aes": [], "called_aes": [], "associations": [],
 		"trigger": "max-wait", "generation": 1}`)
 	return map[string][]example{
@@ -187,13 +187,13 @@ func validExamples() map[string][]example {
 				"series_instance_uid": "2.25.99153405512383418470234712348019012653", "series_number": 1, "modality": "CT", "body_part_examined": "HEAD",
 				"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "2.25.166054733285735190271393475342340102359",
 				"instance_number": 1, "number_of_frames": 1, "transfer_syntax_uid": "1.2.840.10008.1.2.1",
-				"object": {"backend": "objectstore", "size": 528150, "sha256": "5f0e6ac1b2d94c03a8e71f26d4b9c310"},
-				"replaces_sha256": "9a3c0e5d7b1f4a2c6e8d0b3f5a7c9e1d",
+				"object": {"backend": "objectstore", "size": 528150, "digest_pseudonym": "5f0e6ac1b2d94c03a8e71f26d4b9c310"},
+				"replaces_digest_pseudonym": "9a3c0e5d7b1f4a2c6e8d0b3f5a7c9e1d",
 				"association": {"id": "PSN-MN2BV3CX4ZL5KJ6H", "calling_ae": "PSN-QW4ERT7YUI2OPASD", "called_ae": "PSN-ZX3CVB5NM6LKJHGF"},
 				"received_at": "2026-11-20T05:30:08.527577794Z"}`)},
 			{"required properties", json.RawMessage(`{"patient": {}, "study": {"study_instance_uid": "2.25.1"}, "series_instance_uid": "2.25.2",
 				"sop_class_uid": "1.2", "sop_instance_uid": "2.25.3", "transfer_syntax_uid": "1.2.840.10008.1.2",
-				"object": {"backend": "fs", "size": 0, "sha256": "00000000000000000000000000000000"},
+				"object": {"backend": "fs", "size": 0, "digest_pseudonym": "00000000000000000000000000000000"},
 				"association": {"id": "", "calling_ae": "", "called_ae": ""}}`)},
 		},
 		events.TypeAnalyticsStudyReceived: {
@@ -348,13 +348,13 @@ func TestValidateDataRejectsInvalid(t *testing.T) {
 		{"patient name", "patient/name", "DOE^JANE", "/patient", "additional properties 'name' not allowed"},
 		{"object key", "object/key", "1.2.3/1.2.3.4", "/object", "additional properties 'key' not allowed"},
 		{"source address", "association/source_address", "10.0.0.7:4100", "/association", "additional properties 'source_address' not allowed"},
-		{"a SHA-256 for its pseudonym", "object/sha256", digest, "/object/sha256", "does not match pattern"},
+		{"a SHA-256 for its pseudonym", "object/digest_pseudonym", digest, "/object/digest_pseudonym", "does not match pattern"},
 		{"missing required property", "sop_instance_uid", remove{}, "", "missing property 'sop_instance_uid'"},
 	}
 	analyticsStudy := []invalid{
 		{"patient name", "patient/name", "DOE^JANE", "/patient", "additional properties 'name' not allowed"},
 		{"series description", "series/0/description", "AXIAL", "/series/0", "additional properties 'description' not allowed"},
-		{"a SHA-256 for its pseudonym", "series/0/instances/0/object/sha256", digest, "/series/0/instances/0/object/sha256", "does not match pattern"},
+		{"a SHA-256 for its pseudonym", "series/0/instances/0/object/digest_pseudonym", digest, "/series/0/instances/0/object/digest_pseudonym", "does not match pattern"},
 		{"trigger not in the enum", "trigger", "timeout", "/trigger", "value must be one of"},
 	}
 	cases := map[string][]invalid{

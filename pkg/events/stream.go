@@ -12,18 +12,51 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// StreamConfig configures the stream that keeps pacsflow's events.
+// StreamConfig configures the streams that keep pacsflow's events and
+// their dead letters.
 type StreamConfig struct {
-	// Name of the stream. Default "PACSFLOW".
+	// Name of the events stream. Default "PACSFLOW". The dead-letter and
+	// advisory streams are named after it (see DeadLetterStream and
+	// AdvisoryStream).
 	Name string
-	// Replicas: 1 on a single server, 3 on a cluster. Default 1.
+	// Replicas of every stream: 1 on a single server, 3 on a cluster.
+	// Default 1.
 	Replicas int
+	// Retention is the events stream's retention policy. The default,
+	// jetstream.LimitsPolicy, keeps events until MaxAge or MaxBytes
+	// whoever has read them, so that a new subscriber can replay history.
+	// jetstream.InterestPolicy drops an event once every consumer has
+	// acknowledged it: smaller, but a later subscriber finds nothing to
+	// replay. jetstream.WorkQueuePolicy is refused: it allows one consumer
+	// per subject, and every service consumes the same events.
+	Retention jetstream.RetentionPolicy
 	// MaxAge discards events older than this; 0 keeps them forever.
 	MaxAge time.Duration
 	// MaxBytes caps the stream; the oldest events go first. 0: no cap.
 	MaxBytes int64
 	// Duplicates is the window in which JetStream drops a message whose
 	// Nats-Msg-Id it has seen. Default 2 minutes.
+	Duplicates time.Duration
+	// DeadLetters limits the dead-letter stream.
+	DeadLetters DeadLetterLimits
+}
+
+// DeadLetterLimits limit the dead-letter stream, and the advisory stream
+// that the dead-letter reconciler reads, which keeps its advisories as
+// long as dead letters are kept (so that a reconciler that was down
+// catches up).
+type DeadLetterLimits struct {
+	// MaxAge discards dead letters older than this; 0 keeps them forever.
+	MaxAge time.Duration
+	// MaxBytes caps the dead-letter stream; 0: no cap. A full dead-letter
+	// stream refuses new dead letters rather than dropping old ones: the
+	// messages concerned are then neither acknowledged nor terminated, and
+	// the reconciler records them once there is room again (pacsflow dlq
+	// replay --purge, or a larger cap).
+	MaxBytes int64
+	// Duplicates is the window in which a dead letter recorded twice (by
+	// the consumer and by the reconciler) is stored once. Default 2
+	// minutes; older ones are found by their subject.
 	Duplicates time.Duration
 }
 
@@ -40,20 +73,27 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Duplicates == 0 {
 		c.Duplicates = 2 * time.Minute
 	}
+	if c.DeadLetters.Duplicates == 0 {
+		c.DeadLetters.Duplicates = 2 * time.Minute
+	}
 	return c
 }
 
-// Provision creates the event stream, or updates it to cfg; calling it again
-// with the same configuration changes nothing, so every service calls it at
-// start-up.
+// Provision creates the events stream, the dead-letter stream and the
+// advisory stream, or updates them to cfg; calling it again with the same
+// configuration changes nothing, so every service calls it at start-up. It
+// returns the events stream.
 func Provision(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg = cfg.withDefaults()
+	if cfg.Retention == jetstream.WorkQueuePolicy {
+		return nil, fmt.Errorf("provision stream %s: work-queue retention allows one consumer per subject; use limits or interest", cfg.Name)
+	}
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: "pacsflow events (CloudEvents 1.0, binary mode)",
 		Subjects:    streamSubjects,
 		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
+		Retention:   cfg.Retention,
 		Replicas:    cfg.Replicas,
 		MaxAge:      cfg.MaxAge,
 		MaxBytes:    orUnlimited(cfg.MaxBytes),
@@ -62,6 +102,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (j
 	})
 	if err != nil {
 		return nil, fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+	}
+	if err := provisionDeadLetters(ctx, js, cfg); err != nil {
+		return nil, err
 	}
 	return st, nil
 }

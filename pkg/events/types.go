@@ -41,20 +41,31 @@ func StudySubject(root string, modalities []string, calledAE string) string {
 // Patient holds the patient attributes an event carries (PHI: subscribers
 // without clearance use the de-identified stream).
 type Patient struct {
-	ID        string `json:"id,omitempty"`
-	Name      string `json:"name,omitempty"`
+	// ID is Patient ID (0010,0020).
+	ID string `json:"id,omitempty"`
+	// Name is Patient's Name (0010,0010), DICOM PN: family^given^middle^prefix^suffix.
+	Name string `json:"name,omitempty"`
+	// BirthDate is Patient's Birth Date (0010,0030), DICOM DA: YYYYMMDD.
 	BirthDate string `json:"birth_date,omitempty"`
-	Sex       string `json:"sex,omitempty"`
+	// Sex is Patient's Sex (0010,0040): M, F or O.
+	Sex string `json:"sex,omitempty"`
 }
 
 // Study holds study-level attributes.
 type Study struct {
-	StudyInstanceUID       string `json:"study_instance_uid"`
-	AccessionNumber        string `json:"accession_number,omitempty"`
-	StudyID                string `json:"study_id,omitempty"`
-	Date                   string `json:"date,omitempty"`
-	Time                   string `json:"time,omitempty"`
-	Description            string `json:"description,omitempty"`
+	// StudyInstanceUID is Study Instance UID (0020,000D).
+	StudyInstanceUID string `json:"study_instance_uid"`
+	// AccessionNumber is Accession Number (0008,0050).
+	AccessionNumber string `json:"accession_number,omitempty"`
+	// StudyID is Study ID (0020,0010).
+	StudyID string `json:"study_id,omitempty"`
+	// Date is Study Date (0008,0020), DICOM DA: YYYYMMDD, as sent.
+	Date string `json:"date,omitempty"`
+	// Time is Study Time (0008,0030), DICOM TM: HHMMSS.FFFFFF, as sent.
+	Time string `json:"time,omitempty"`
+	// Description is Study Description (0008,1030).
+	Description string `json:"description,omitempty"`
+	// ReferringPhysicianName is Referring Physician's Name (0008,0090).
 	ReferringPhysicianName string `json:"referring_physician_name,omitempty"`
 	// RequestedProcedurePriority is STAT, HIGH, ROUTINE, MEDIUM or LOW when
 	// the modality sent it.
@@ -63,20 +74,44 @@ type Study struct {
 
 // Association identifies the DICOM association an instance arrived on.
 type Association struct {
-	ID            string `json:"id"`
-	CallingAE     string `json:"calling_ae"`
-	CalledAE      string `json:"called_ae"`
+	// ID is unique per association of the ingest process that served it.
+	ID string `json:"id"`
+	// CallingAE is the sender's AE title.
+	CallingAE string `json:"calling_ae"`
+	// CalledAE is the AE title the sender addressed.
+	CalledAE string `json:"called_ae"`
+	// SourceAddress is the sender's IP address and port.
 	SourceAddress string `json:"source_address"`
 }
 
+// Storage backends an event names.
+const (
+	BackendFS          = "fs"
+	BackendObjectStore = "objectstore"
+)
+
+// Study report triggers.
+const (
+	// TriggerQuietPeriod: the study's associations ended and no instance
+	// came for the quiet period.
+	TriggerQuietPeriod = "quiet-period"
+	// TriggerMaxWait: the maximum wait since the first unreported instance
+	// passed first.
+	TriggerMaxWait = "max-wait"
+)
+
 // StoredObject locates an instance's bytes in storage: a Part 10 file.
 type StoredObject struct {
-	// Backend is "fs" or "objectstore"; Bucket names the object store bucket.
+	// Backend is BackendFS or BackendObjectStore.
 	Backend string `json:"backend"`
-	Bucket  string `json:"bucket,omitempty"`
-	Key     string `json:"key"`
-	Size    int64  `json:"size"`
-	SHA256  string `json:"sha256"`
+	// Bucket names the object store bucket.
+	Bucket string `json:"bucket,omitempty"`
+	// Key is the object's key in the backend: STUDY/SERIES/INSTANCE.VERSION.
+	Key string `json:"key"`
+	// Size is the Part 10 file's length in bytes.
+	Size int64 `json:"size"`
+	// SHA256 is the Part 10 file's SHA-256, lowercase hex.
+	SHA256 string `json:"sha256"`
 }
 
 // InstanceStored is the data of pacs.instance.stored: one instance is in
@@ -131,23 +166,29 @@ type SeriesManifest struct {
 // structure for instances that came later: Series then lists only those,
 // and the totals count the whole study.
 type StudyReceived struct {
-	Patient    Patient          `json:"patient"`
-	Study      Study            `json:"study"`
-	Modalities []string         `json:"modalities"`
-	Series     []SeriesManifest `json:"series"`
+	Patient Patient `json:"patient"`
+	Study   Study   `json:"study"`
+	// Modalities are the modalities of the whole study, sorted; never nil.
+	Modalities []string `json:"modalities"`
+	// Series lists the series with instances to report, each with at least
+	// one instance; never empty.
+	Series []SeriesManifest `json:"series"`
 	// NumSeries, NumInstances and Bytes count the whole study.
 	NumSeries    int   `json:"num_series"`
 	NumInstances int   `json:"num_instances"`
 	Bytes        int64 `json:"bytes"`
-	// Associations and the AE titles that delivered the instances listed.
-	CallingAEs      []string  `json:"calling_aes"`
-	CalledAEs       []string  `json:"called_aes"`
-	Associations    []string  `json:"associations"`
+	// CallingAEs are the AE titles that sent the instances listed; never nil.
+	CallingAEs []string `json:"calling_aes"`
+	// CalledAEs are the AE titles they addressed; never nil.
+	CalledAEs []string `json:"called_aes"`
+	// Associations are the IDs of the associations that delivered them;
+	// never nil.
+	Associations []string `json:"associations"`
+	// FirstReceivedAt and LastReceivedAt bound the receipt of all the
+	// study's instances, not only of those listed.
 	FirstReceivedAt time.Time `json:"first_received_at"`
 	LastReceivedAt  time.Time `json:"last_received_at"`
-	// Trigger is "quiet-period" when the study's associations ended and no
-	// instance came for the quiet period, "max-wait" when the maximum wait
-	// since the first instance passed first.
+	// Trigger is TriggerQuietPeriod or TriggerMaxWait.
 	Trigger string `json:"trigger"`
 	// Generation counts the study events emitted for this study: 1 for
 	// pacs.study.received, 2 and on for each pacs.study.updated.

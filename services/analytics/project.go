@@ -90,19 +90,19 @@ func (p *Projector) instance(ev *events.Received, in *events.InstanceStored) (*e
 	pk := patientKey(in.Patient, in.Study.StudyInstanceUID)
 	d := p.d
 	out := &events.AnalyticsInstanceStored{
-		Patient:           p.patient(in.Patient),
-		Study:             p.study(pk, in.Study),
-		SeriesInstanceUID: d.PseudonymizeUID(in.SeriesInstanceUID),
-		SeriesNumber:      in.SeriesNumber,
-		Modality:          deid.CodeString(in.Modality),
-		BodyPartExamined:  deid.CodeString(in.BodyPartExamined),
-		SOPClassUID:       in.SOPClassUID,
-		SOPInstanceUID:    d.PseudonymizeUID(in.SOPInstanceUID),
-		InstanceNumber:    in.InstanceNumber,
-		NumberOfFrames:    in.NumberOfFrames,
-		TransferSyntaxUID: in.TransferSyntaxUID,
-		Object:            p.object(in.Object),
-		ReplacesSHA256:    d.PseudonymizeDigest(in.ReplacesSHA256),
+		Patient:                 p.patient(in.Patient),
+		Study:                   p.study(pk, in.Study),
+		SeriesInstanceUID:       d.PseudonymizeUID(in.SeriesInstanceUID),
+		SeriesNumber:            in.SeriesNumber,
+		Modality:                deid.CodeString(in.Modality),
+		BodyPartExamined:        deid.CodeString(in.BodyPartExamined),
+		SOPClassUID:             in.SOPClassUID,
+		SOPInstanceUID:          d.PseudonymizeUID(in.SOPInstanceUID),
+		InstanceNumber:          in.InstanceNumber,
+		NumberOfFrames:          in.NumberOfFrames,
+		TransferSyntaxUID:       in.TransferSyntaxUID,
+		Object:                  p.object(in.Object),
+		ReplacesDigestPseudonym: d.PseudonymizeDigest(in.ReplacesSHA256),
 		Association: events.AnalyticsAssociation{
 			ID:        d.PseudonymizeID(in.Association.ID),
 			CallingAE: d.PseudonymizeID(in.Association.CallingAE),
@@ -194,7 +194,7 @@ func (p *Projector) study(patientKey string, in events.Study) events.AnalyticsSt
 }
 
 func (p *Projector) object(in events.StoredObject) events.AnalyticsObject {
-	return events.AnalyticsObject{Backend: backend(in.Backend), Size: in.Size, SHA256: p.d.PseudonymizeDigest(in.SHA256)}
+	return events.AnalyticsObject{Backend: backend(in.Backend), Size: in.Size, DigestPseudonym: p.d.PseudonymizeDigest(in.SHA256)}
 }
 
 // ids pseudonymizes each identifier of a list, keeping order and length.
@@ -231,7 +231,7 @@ func priority(s string) string {
 // it is configuration, and anything else is unexpected text.
 func backend(s string) string {
 	switch s {
-	case "fs", "objectstore":
+	case events.BackendFS, events.BackendObjectStore:
 		return s
 	}
 	return ""

@@ -509,9 +509,9 @@ func TestProjectInstance(t *testing.T) {
 			Date: got.Study.Date, Time: "111154.812345", RequestedProcedurePriority: "STAT"},
 		SeriesInstanceUID: d.PseudonymizeUID(seriesUID), SeriesNumber: 7, Modality: "CT", BodyPartExamined: "HEAD",
 		SOPClassUID: uid.CTImageStorage, SOPInstanceUID: d.PseudonymizeUID(sopUID), InstanceNumber: 12, NumberOfFrames: 3,
-		TransferSyntaxUID: uid.ExplicitVRLittleEndian,
-		Object:            events.AnalyticsObject{Backend: "objectstore", Size: 528150, SHA256: d.PseudonymizeDigest(digest)},
-		ReplacesSHA256:    d.PseudonymizeDigest(priorDigest),
+		TransferSyntaxUID:       uid.ExplicitVRLittleEndian,
+		Object:                  events.AnalyticsObject{Backend: "objectstore", Size: 528150, DigestPseudonym: d.PseudonymizeDigest(digest)},
+		ReplacesDigestPseudonym: d.PseudonymizeDigest(priorDigest),
 		Association: events.AnalyticsAssociation{ID: d.PseudonymizeID("970ff715f3b74955"),
 			CallingAE: d.PseudonymizeID("LEAK_CT_SCAN_1"), CalledAE: d.PseudonymizeID("LEAK_ARCHIVE_9")},
 		ReceivedAt: got.ReceivedAt,
@@ -581,7 +581,7 @@ func TestProjectStudyConsistentWithInstances(t *testing.T) {
 	project(t, p, received(t, events.TypeInstanceStored, "instance/x", time.Now(), d), &own)
 	var study events.AnalyticsStudyReceived
 	project(t, p, sampleStudyEvent(t, events.TypeStudyReceived), &study)
-	if ref := study.Series[0].Instances[1]; ref.SOPInstanceUID != own.SOPInstanceUID || ref.Object.SHA256 != own.Object.SHA256 {
+	if ref := study.Series[0].Instances[1]; ref.SOPInstanceUID != own.SOPInstanceUID || ref.Object.DigestPseudonym != own.Object.DigestPseudonym {
 		t.Errorf("instance ref %+v, its instance event %+v", ref, own)
 	}
 	// A new version names the pseudonym of the digest it replaces.
@@ -589,8 +589,8 @@ func TestProjectStudyConsistentWithInstances(t *testing.T) {
 	d.Object.SHA256 = digest
 	var next events.AnalyticsInstanceStored
 	project(t, p, received(t, events.TypeInstanceStored, "instance/y", time.Now(), d), &next)
-	if next.ReplacesSHA256 != own.Object.SHA256 || next.Object.SHA256 == own.Object.SHA256 {
-		t.Errorf("replaces %s, earlier version %s", next.ReplacesSHA256, own.Object.SHA256)
+	if next.ReplacesDigestPseudonym != own.Object.DigestPseudonym || next.Object.DigestPseudonym == own.Object.DigestPseudonym {
+		t.Errorf("replaces %s, earlier version %s", next.ReplacesDigestPseudonym, own.Object.DigestPseudonym)
 	}
 }
 

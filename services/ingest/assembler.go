@@ -427,9 +427,9 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 	trigger := ""
 	switch {
 	case now.Sub(h.LastAt) >= a.quiet && a.associationsDone(&h, entries):
-		trigger = "quiet-period"
+		trigger = events.TriggerQuietPeriod
 	case now.Sub(h.PendingSince) >= a.maxWait:
-		trigger = "max-wait"
+		trigger = events.TriggerMaxWait
 	default:
 		// Associations still open: their end changes the header and
 		// re-arms the timer; the maximum wait is the backstop.

@@ -60,11 +60,10 @@ var constraints = map[string]map[string]any{
 // overrides give a property another format than its name would, by Go type
 // and JSON name: the exceptions to the naming convention.
 var overrides = map[string]string{
-	// The analytics projection keeps the name sha256 for a pseudonym of
-	// the digest (deid.PseudonymizeDigest), which is shorter on purpose, so
-	// as not to pass for a SHA-256.
-	"AnalyticsObject.sha256":                  "DigestPseudonym",
-	"AnalyticsInstanceStored.replaces_sha256": "DigestPseudonym",
+	// Keyed pseudonyms of digests (deid.PseudonymizeDigest): shorter than a
+	// SHA-256 on purpose, so as not to pass for one.
+	"AnalyticsObject.digest_pseudonym":                  "DigestPseudonym",
+	"AnalyticsInstanceStored.replaces_digest_pseudonym": "DigestPseudonym",
 }
 
 // isCount tells the integer properties that count or measure, so cannot
