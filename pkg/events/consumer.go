@@ -10,6 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // ConsumerConfig configures the durable pull consumer of a worker, run by
@@ -170,8 +174,51 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 	if err != nil {
 		return err
 	}
-	w := &worker{js: js, cfg: cfg, h: h, log: cfg.Logger.With("consumer", cfg.Durable)}
+	w := &worker{js: js, cfg: cfg, h: h, log: cfg.Logger.With("consumer", cfg.Durable), m: consumerInstruments()}
+	w.attrs = metric.WithAttributes(attribute.String("consumer", cfg.Durable))
+	lag, err := w.m.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return nil // no figure this scrape: the broker is away
+		}
+		o.ObserveInt64(w.m.pending, int64(info.NumPending), w.attrs)
+		o.ObserveInt64(w.m.ackPending, int64(info.NumAckPending), w.attrs)
+		return nil
+	}, w.m.pending, w.m.ackPending)
+	if err != nil {
+		return fmt.Errorf("consumer %s: metrics: %w", cfg.Durable, err)
+	}
+	defer func() { _ = lag.Unregister() }()
 	return pull(ctx, cons, cfg.Concurrency, cfg.AckWait/3, w.log, w.handle)
+}
+
+// instruments are the consumers' metrics, exported through OpenTelemetry
+// (on /metrics in pacsflow's processes), labelled by consumer.
+type instruments struct {
+	meter       metric.Meter
+	handled     metric.Int64Counter
+	duration    metric.Float64Histogram
+	redelivered metric.Int64Counter
+	deadLetters metric.Int64Counter
+	pending     metric.Int64ObservableGauge
+	ackPending  metric.Int64ObservableGauge
+}
+
+func consumerInstruments() *instruments {
+	m := otel.Meter(instrumentation)
+	in := &instruments{meter: m}
+	// Errors are impossible with valid names; a no-op instrument stands in.
+	in.handled, _ = m.Int64Counter("pacsflow_events_handled", metric.WithDescription("Events a consumer settled, by outcome: ack, retry, dead_letter."))
+	in.duration, _ = m.Float64Histogram("pacsflow_events_handle_duration", metric.WithUnit("s"),
+		metric.WithDescription("Time from a consumer receiving an event to its acknowledgement being confirmed."),
+		metric.WithExplicitBucketBoundaries(.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300))
+	in.redelivered, _ = m.Int64Counter("pacsflow_events_redelivered", metric.WithDescription("Deliveries of an event after its first."))
+	in.deadLetters, _ = m.Int64Counter("pacsflow_events_dead_letters", metric.WithDescription("Events a consumer gave up on and recorded in dlq.<consumer>."))
+	in.pending, _ = m.Int64ObservableGauge("pacsflow_events_consumer_pending", metric.WithDescription("Events in the stream not yet delivered to the consumer (its lag)."))
+	in.ackPending, _ = m.Int64ObservableGauge("pacsflow_events_consumer_ack_pending", metric.WithDescription("Events delivered to the consumer and not yet acknowledged."))
+	return in
 }
 
 // ensureConsumer creates the consumer, or updates an existing one while
@@ -349,10 +396,12 @@ func wait(ctx context.Context, d time.Duration) {
 
 // worker runs a Handler on the messages of one consumer.
 type worker struct {
-	js  jetstream.JetStream
-	cfg ConsumerConfig
-	h   Handler
-	log *slog.Logger
+	js    jetstream.JetStream
+	cfg   ConsumerConfig
+	h     Handler
+	log   *slog.Logger
+	m     *instruments
+	attrs metric.MeasurementOption
 }
 
 func (w *worker) handle(ctx context.Context, m jetstream.Msg) {
@@ -361,13 +410,28 @@ func (w *worker) handle(ctx context.Context, m jetstream.Msg) {
 		w.log.Error("not a JetStream message", "subject", m.Subject(), "err", err)
 		return
 	}
+	start := time.Now()
 	d := &Delivery{Header: m.Headers(), Deliveries: int(meta.NumDelivered), StreamSeq: meta.Sequence.Stream}
+	if d.Deliveries > 1 {
+		w.m.redelivered.Add(ctx, 1, w.attrs)
+	}
+	// The handler's spans continue the trace of the event's publisher.
+	ctx, span := StartConsumerSpan(ctx, "consume "+w.cfg.Durable, m.Subject(), m.Headers())
+	defer span.End()
 	if d.Event, err = Decode(m.Subject(), m.Headers(), m.Data()); err != nil {
 		err = Poison(err)
 	} else {
 		err = w.run(ctx, m, d)
 	}
-	w.settle(ctx, m, d, err)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "handler failed")
+	}
+	outcome := w.settle(ctx, m, d, err)
+	w.m.handled.Add(ctx, 1, w.attrs, metric.WithAttributes(attribute.String("outcome", outcome)))
+	if outcome == "ack" {
+		w.m.duration.Record(ctx, time.Since(start).Seconds(), w.attrs)
+	}
 }
 
 // run calls the handler, reporting progress to JetStream meanwhile.
@@ -393,7 +457,9 @@ func (w *worker) run(ctx context.Context, m jetstream.Msg, d *Delivery) error {
 	return w.h(ctx, d)
 }
 
-func (w *worker) settle(ctx context.Context, m jetstream.Msg, d *Delivery, err error) {
+// settle acknowledges, retries or dead-letters the message after its
+// handler returned err, and says which: "ack", "retry" or "dead_letter".
+func (w *worker) settle(ctx context.Context, m jetstream.Msg, d *Delivery, err error) string {
 	// Settling outlives ctx: a handler's outcome is recorded even while
 	// the process stops.
 	sctx := context.WithoutCancel(ctx)
@@ -405,39 +471,47 @@ func (w *worker) settle(ctx context.Context, m jetstream.Msg, d *Delivery, err e
 	case err == nil:
 		if err := m.DoubleAck(sctx); err != nil {
 			log.Warn("acknowledgement not confirmed; the event may be delivered again", "err", err)
+			return "retry"
 		}
+		return "ack"
 	case errors.Is(err, ErrPoison):
-		w.deadLetter(sctx, m, d, log, err)
+		return w.deadLetter(sctx, m, d, log, err)
 	case ctx.Err() != nil:
 		log.Info("stopping; the event goes back to the stream", "err", err)
 		_ = m.Nak()
+		return "retry"
 	case w.cfg.MaxDeliver > 0 && d.Deliveries >= w.cfg.MaxDeliver:
-		w.deadLetter(sctx, m, d, log, err)
+		return w.deadLetter(sctx, m, d, log, err)
 	default:
 		delay := w.backoff(d.Deliveries)
 		log.Warn("handler failed; the event will be delivered again", "err", err, "in", delay)
 		if err := m.NakWithDelay(delay); err != nil {
 			log.Warn("negative acknowledgement lost; JetStream redelivers after AckWait", "err", err)
 		}
+		return "retry"
 	}
 }
 
-// deadLetter records the message as a dead letter, then terminates it.
-func (w *worker) deadLetter(ctx context.Context, m jetstream.Msg, d *Delivery, log *slog.Logger, cause error) {
+// deadLetter records the message as a dead letter, then terminates it; it
+// returns "dead_letter", or "retry" when the dead letter could not be
+// recorded.
+func (w *worker) deadLetter(ctx context.Context, m jetstream.Msg, d *Delivery, log *slog.Logger, cause error) string {
 	reason := headerValue(cause.Error())
 	dl := deadLetterMsg(w.cfg.Stream, w.cfg.Durable, d.StreamSeq, m.Subject(), m.Headers(), m.Data(), uint64(d.Deliveries), reason)
 	if err := publishDeadLetter(ctx, w.js, dl); err != nil {
 		delay := w.backoff(d.Deliveries)
 		log.Error("cannot record the dead letter; the event will be delivered again", "err", err, "cause", cause, "in", delay)
 		_ = m.NakWithDelay(delay)
-		return
+		return "retry"
 	}
+	w.m.deadLetters.Add(ctx, 1, w.attrs)
 	log.Error("dead-lettered", "err", cause, "dead_letter", dl.Subject)
 	if err := m.TermWithReason(reason); err != nil {
 		// The dead letter is recorded; the message comes back after
 		// AckWait and is handled again.
 		log.Warn("termination lost", "err", err)
 	}
+	return "dead_letter"
 }
 
 // backoff is the delay before the delivery after the nth.

@@ -152,13 +152,20 @@ func (p *Publisher) Publish(ctx context.Context, e *Event) (duplicate bool, err 
 	ctx, span := tracer().Start(ctx, "publish "+e.Type, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(messagingAttributes(e.NATSSubject, e.ID, e.Type)...))
 	defer span.End()
-	InjectContext(ctx, m.Header)
+	// Only a recorded trace travels on: the header costs every message a
+	// few percent of the event path, which an unsampled trace need not pay
+	// (its consumers then take their own sampling decision).
+	if span.SpanContext().IsSampled() {
+		InjectContext(ctx, m.Header)
+	}
 	ack, err := p.js.PublishMsg(ctx, m)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "not stored")
 		return false, fmt.Errorf("%w: publish %s %s: %w", ErrNotStored, e.Type, e.ID, err)
 	}
-	span.SetAttributes(attribute.Bool("messaging.nats.duplicate", ack.Duplicate), attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)))
+	if ack.Duplicate {
+		span.SetAttributes(attribute.Bool("messaging.nats.duplicate", true))
+	}
 	return ack.Duplicate, nil
 }

@@ -24,7 +24,7 @@ func TestSetupExportsTracesAndMetrics(t *testing.T) {
 	defer func() { otel.SetTracerProvider(prevT); otel.SetMeterProvider(prevM) }()
 
 	reg := prometheus.NewRegistry()
-	shutdown, err := Setup(context.Background(), Config{ServiceName: "test", OTLPEndpoint: collector.URL, Registerer: reg})
+	shutdown, err := Setup(context.Background(), Config{ServiceName: "test", OTLPEndpoint: collector.URL, SampleRatio: 1, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
