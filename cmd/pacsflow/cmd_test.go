@@ -406,6 +406,13 @@ func TestHelp(t *testing.T) {
 		{[]string{"storescp", "--help"}, []string{"Usage: pacsflow storescp", "-dir", "-addr", "-allow"}},
 		{[]string{"storescu", "--help"}, []string{"Usage: pacsflow storescu", "-addr", "-called-ae", "-associations"}},
 		{[]string{"echoscu", "--help"}, []string{"Usage: pacsflow echoscu", "-addr", "-count"}},
+		{[]string{"--help"}, []string{"up ", "ingest ", "events ", "dlq "}},
+		{[]string{"up", "--help"}, []string{"Usage: pacsflow up", "embedded NATS", "JetStream", "C-STORE", "pacs.instance.stored", "pacs.study.received",
+			"Ctrl-C", "-data", "-storage", "-dicom-addr", "-nats-listen", "-http-addr", "-quiet-period", "-allow", "-otlp-endpoint", "-analytics", "PACSFLOW_"}},
+		{[]string{"ingest", "--help"}, []string{"Usage: pacsflow ingest", "external NATS", "-nats-url", "-dicom-addr", "-storage"}},
+		{[]string{"events", "--help"}, []string{"Usage: pacsflow events", "tail"}},
+		{[]string{"events", "tail", "--help"}, []string{"Usage: pacsflow events tail", "-since", "-seq", "-json", "-follow"}},
+		{[]string{"dlq", "--help"}, []string{"Usage: pacsflow dlq", "list", "replay"}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			p := start(t, bin, c.args...)

@@ -48,7 +48,7 @@ func testUpEventsFollowTheContract(t *testing.T, bin, backend string) {
 	waitEvents(t, js, "the studies of the samples", countType(events.TypeStudyReceived, 1+len(samples)))
 
 	seen := map[string]int{}
-	for _, m := range rawEvents(t, js) {
+	for _, m := range rawEvents(t, js, "PACSFLOW") {
 		if err := events.ValidateMessage(m.Subject, m.Header, m.Data); err != nil {
 			t.Errorf("stream sequence %d: %v\ndata: %s", m.Sequence, err, m.Data)
 		}
@@ -62,18 +62,28 @@ func testUpEventsFollowTheContract(t *testing.T, bin, backend string) {
 		}
 	}
 	t.Logf("events checked, by type: %v", seen)
+
+	// The de-identified projection of the same run, on its own stream:
+	// one analytics event per event, each following its contract.
+	waitFor(t, "the analytics projection", func() bool {
+		return len(rawEvents(t, js, events.AnalyticsStreamName)) == seen[events.TypeInstanceStored]+seen[events.TypeStudyReceived]+seen[events.TypeStudyUpdated]
+	})
+	for _, m := range rawEvents(t, js, events.AnalyticsStreamName) {
+		if err := events.ValidateMessage(m.Subject, m.Header, m.Data); err != nil {
+			t.Errorf("analytics stream sequence %d: %v\ndata: %s", m.Sequence, err, m.Data)
+		}
+	}
 	up.interrupt(t)
 }
 
-// rawEvents returns every message of the stream PACSFLOW, headers and all,
-// in order.
-func rawEvents(t *testing.T, js jetstream.JetStream) []*jetstream.RawStreamMsg {
+// rawEvents returns every message of a stream, headers and all, in order.
+func rawEvents(t *testing.T, js jetstream.JetStream, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	st, err := js.Stream(ctx, "PACSFLOW")
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
-		t.Fatalf("stream PACSFLOW: %v", err)
+		t.Fatalf("stream %s: %v", stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {

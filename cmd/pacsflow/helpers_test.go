@@ -268,6 +268,18 @@ func waitEvents(t *testing.T, js jetstream.JetStream, what string, cond func([]*
 	}
 }
 
+// waitFor polls cond until it holds, for up to eventTimeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(eventTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", eventTimeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func ofType(evs []*events.Received, typ string) []*events.Received {
 	var out []*events.Received
 	for _, e := range evs {

@@ -27,6 +27,8 @@ var commands = map[string]command{
 	"echoscu":  {"verify a DICOM peer with C-ECHO", runEchoSCU},
 	"up":       {"run the pipeline on this machine: embedded NATS JetStream and the ingest service", runUp},
 	"ingest":   {"run the ingest service against an external NATS JetStream", runIngest},
+	"events":   {"print the events kept in JetStream, from a time or a sequence, and follow new ones", runEvents},
+	"dlq":      {"list the dead letters (events consumers gave up on) and replay them", runDLQ},
 }
 
 func main() {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pacsflow/pacsflow/pkg/deid"
 	"github.com/pacsflow/pacsflow/pkg/dimse"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
@@ -28,6 +29,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/storage/fsstore"
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
 	"github.com/pacsflow/pacsflow/pkg/telemetry"
+	"github.com/pacsflow/pacsflow/services/analytics"
 	"github.com/pacsflow/pacsflow/services/ingest"
 )
 
@@ -44,6 +46,9 @@ type pipelineFlags struct {
 	maxInstance               *int64
 	streamMaxAge              *time.Duration
 	otlp                      *string
+	sampleRatio               *float64
+	analytics                 *bool
+	analyticsKey, dates       *string
 	level, format             *string
 }
 
@@ -67,7 +72,11 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.minFreeRatio = fs.Float64("min-free-ratio", 0.10, "see --min-free-bytes")
 	f.maxInstance = fs.Int64("max-instance-bytes", 0, "refuse larger instances with A700; 0: no limit")
 	f.streamMaxAge = fs.Duration("events-max-age", 0, "discard events older than this from the stream; 0 keeps them")
-	f.otlp = fs.String("otlp-endpoint", "", "send traces (C-STORE, storage, publish, study report) over OTLP/HTTP to this URL, e.g. http://collector:4318; empty: no tracing")
+	f.otlp = fs.String("otlp-endpoint", "", "send traces (C-STORE, storage, publish, study report, consumers) over OTLP/HTTP to this URL, e.g. http://collector:4318; empty: no tracing")
+	f.sampleRatio = fs.Float64("trace-sample-ratio", 0.1, "share of traces recorded when tracing is on (decided at the C-STORE, followed downstream)")
+	f.analytics = fs.Bool("analytics", true, "publish the de-identified projection of the events (DICOM PS3.15 Annex E) on analytics.>")
+	f.analyticsKey = fs.String("analytics-key-file", "", "pseudonymization key (32+ bytes; created with random bytes if missing; every process of a deployment needs the same one); default --data/analytics.key")
+	f.dates = fs.String("analytics-dates", "remove", "dates in analytics events: remove, or shift (consistently per patient)")
 	f.level, f.format = logFlags(fs)
 	return f
 }
@@ -152,7 +161,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	stopTelemetry, err := telemetry.Setup(setup, telemetry.Config{ServiceName: "pacsflow", OTLPEndpoint: *f.otlp, Registerer: reg})
+	stopTelemetry, err := telemetry.Setup(setup, telemetry.Config{ServiceName: "pacsflow", OTLPEndpoint: *f.otlp, SampleRatio: *f.sampleRatio, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -168,10 +177,11 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		dir := filepath.Join(*f.data, "jetstream")
 		space = func(context.Context) (storage.Space, error) { return fsstore.DiskSpace(dir) }
 	}
+	streams := events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge}
 	svc, err := ingest.New(setup, ingest.Config{
 		Space:   space,
 		Backend: *f.backend, Bucket: bucket,
-		Stream:      events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge},
+		Stream:      streams,
 		KVReplicas:  *f.replicas,
 		QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
 		MinFreeBytes: *f.minFree, MinFreeRatio: *f.minFreeRatio, MaxInstanceBytes: *f.maxInstance,
@@ -196,13 +206,31 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	defer wg.Wait()
 	svcCtx, stopSvc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSvc()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := svc.Run(svcCtx); err != nil {
-			log.Error("study assembler stopped", "err", err)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	run := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(svcCtx); err != nil && svcCtx.Err() == nil {
+				log.Error(name+" stopped", "err", err)
+			}
+		}()
+	}
+	run("study assembler", svc.Run)
+	run("dead-letter reconciler", func(ctx context.Context) error {
+		return events.RunDeadLetterReconciler(ctx, js, events.ReconcilerConfig{Streams: streams, Logger: log})
+	})
+	if *f.analytics {
+		acfg, err := f.analyticsConfig(streams, log)
+		if err != nil {
+			return err
 		}
-	}()
+		run("analytics projection", func(ctx context.Context) error { return analytics.Run(ctx, js, acfg) })
+		fmt.Fprintf(stdout, "analytics: de-identified events on analytics.> (dates: %s)\n", *f.dates)
+	}
 	if *f.httpAddr != "" {
 		hs, err := startHTTP(*f.httpAddr, reg, svc, log, stdout)
 		if err != nil {
@@ -227,6 +255,32 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	}
 	log.Info("stopped")
 	return err
+}
+
+// analyticsConfig reads (or creates) the pseudonymization key and checks
+// the de-identification settings.
+func (f *pipelineFlags) analyticsConfig(streams events.StreamConfig, log *slog.Logger) (analytics.Config, error) {
+	path := *f.analyticsKey
+	if path == "" {
+		path = filepath.Join(*f.data, "analytics.key")
+	}
+	key, err := analytics.LoadOrCreateKey(path)
+	if err != nil {
+		return analytics.Config{}, err
+	}
+	mode := deid.DateRemove
+	switch *f.dates {
+	case "remove":
+	case "shift":
+		mode = deid.DateShift
+	default:
+		return analytics.Config{}, fmt.Errorf("--analytics-dates %q: want remove or shift", *f.dates)
+	}
+	cfg := analytics.Config{Deid: deid.Config{Key: key, DateMode: mode}, Streams: streams, Source: "pacsflow/analytics", Logger: log}
+	if _, err := deid.New(cfg.Deid); err != nil {
+		return analytics.Config{}, fmt.Errorf("pseudonymization key %s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 func openStorage(ctx context.Context, f *pipelineFlags, nc *nats.Conn) (storage.Store, string, error) {

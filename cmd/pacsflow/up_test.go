@@ -248,29 +248,6 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// TestUpHelp: `pacsflow up --help` and `pacsflow ingest --help` explain the
-// commands and their flags, and exit 0.
-func TestUpHelp(t *testing.T) {
-	bin := buildPacsflow(t)
-	for _, c := range []struct{ args, want []string }{
-		{[]string{"--help"}, []string{"up ", "ingest "}},
-		{[]string{"up", "--help"}, []string{"Usage: pacsflow up", "embedded NATS", "JetStream", "C-STORE", "pacs.instance.stored", "pacs.study.received",
-			"Ctrl-C", "-data", "-storage", "-dicom-addr", "-nats-listen", "-http-addr", "-quiet-period", "-allow", "PACSFLOW_"}},
-		{[]string{"ingest", "--help"}, []string{"Usage: pacsflow ingest", "external NATS", "-nats-url", "-dicom-addr", "-storage"}},
-	} {
-		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
-			p := start(t, bin, c.args...)
-			p.mustSucceed(t)
-			usage := p.stdout.String() + p.stderr.String()
-			for _, w := range c.want {
-				if !strings.Contains(usage, w) {
-					t.Errorf("usage lacks %q:\n%s", w, usage)
-				}
-			}
-		})
-	}
-}
-
 // TestUpRefusesNonLoopback: `pacsflow up` will not accept associations
 // beyond loopback from any calling AE: it exits non-zero before listening
 // for DICOM, pointing to --allow; with an allow-list it starts.

@@ -169,3 +169,6 @@ func (p *Publisher) Publish(ctx context.Context, e *Event) (duplicate bool, err 
 	}
 	return ack.Duplicate, nil
 }
+
+// StreamName is the name of the events stream cfg configures.
+func (c StreamConfig) StreamName() string { return c.withDefaults().Name }

@@ -167,19 +167,12 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, store storage.Store) (*
 		confirms: make(chan confirmation, 1024),
 		assocs:   map[string]map[string]int{},
 		asm: &assembler{
-			kv: studies, js: js, pub: pub, stream: streamName(cfg.Stream), quiet: cfg.QuietPeriod, maxWait: cfg.MaxWait,
+			kv: studies, js: js, pub: pub, stream: cfg.Stream.StreamName(), quiet: cfg.QuietPeriod, maxWait: cfg.MaxWait,
 			replica: cfg.Replica, log: cfg.Logger, metrics: m, now: time.Now,
 		},
 	}
 	s.guard = &guard{s: s}
 	return s, nil
-}
-
-func streamName(c events.StreamConfig) string {
-	if c.Name == "" {
-		return "PACSFLOW"
-	}
-	return c.Name
 }
 
 // Run runs the study assembler and records confirmed versions until ctx
