@@ -115,6 +115,9 @@ func runEventsTail(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("the stream that keeps %s: %w", *subject, err)
 	}
+	if strings.HasPrefix(stream, "KV_") || strings.HasPrefix(stream, "OBJ_") {
+		return fmt.Errorf("--subject %s first matches %s, a key-value or object store, not events: events are on pacs.> and analytics.>", *subject, stream)
+	}
 	cfg := events.ReplayConfig{Stream: stream, FilterSubjects: []string{*subject}, StartSeq: *seq, Follow: *follow}
 	if *since > 0 {
 		cfg.StartTime = time.Now().Add(-*since)

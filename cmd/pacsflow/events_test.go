@@ -224,7 +224,7 @@ func TestEventsTailFollows(t *testing.T) {
 }
 
 func TestEventsUsage(t *testing.T) {
-	url, _ := startNATS(t)
+	url, js := startNATS(t)
 	for _, c := range []struct {
 		args []string
 		want error
@@ -243,6 +243,17 @@ func TestEventsUsage(t *testing.T) {
 	}
 	if _, stderr, _ := runCLI(t, runEvents, "tail", "--help"); !strings.Contains(stderr, "Usage: pacsflow events tail") || !strings.Contains(stderr, "-since") {
 		t.Errorf("events tail --help:\n%s", stderr)
+	}
+
+	// A filter that reaches a bucket's stream is refused rather than
+	// printing its entries as broken events.
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "probe"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCLI(t, runEvents, "tail", "--nats-url", url, "--follow=false", "--subject", "$KV.probe.>"); err == nil || !strings.Contains(err.Error(), "not events") {
+		t.Errorf("tail of a key-value bucket's subjects: %v, want a refusal", err)
 	}
 }
 

@@ -25,7 +25,7 @@ var commands = map[string]command{
 	"storescp": {"receive DICOM instances over C-STORE into a folder as Part 10 files", runStoreSCP},
 	"storescu": {"send DICOM Part 10 files over C-STORE", runStoreSCU},
 	"echoscu":  {"verify a DICOM peer with C-ECHO", runEchoSCU},
-	"up":       {"run the pipeline on this machine: embedded NATS JetStream and the ingest service", runUp},
+	"up":       {"run the pipeline on this machine: embedded NATS JetStream, ingest and the analytics stream", runUp},
 	"ingest":   {"run the ingest service against an external NATS JetStream", runIngest},
 	"events":   {"print the events kept in JetStream, from a time or a sequence, and follow new ones", runEvents},
 	"dlq":      {"list the dead letters (events consumers gave up on) and replay them", runDLQ},

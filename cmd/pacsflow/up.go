@@ -31,6 +31,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/telemetry"
 	"github.com/pacsflow/pacsflow/services/analytics"
 	"github.com/pacsflow/pacsflow/services/ingest"
+	"github.com/pacsflow/pacsflow/services/latency"
 )
 
 // pipelineFlags are the flags of `pacsflow up` and `pacsflow ingest`.
@@ -85,7 +86,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("up [flags]",
 		"Runs the pacsflow pipeline on this machine: an embedded NATS server with JetStream, storing\n"+
 			"under --data, and the ingest service: a DICOM C-STORE SCP that stores every instance and\n"+
-			"publishes pacs.instance.stored, pacs.study.received and pacs.study.updated events.\n"+
+			"publishes pacs.instance.stored, pacs.study.received and pacs.study.updated events; the\n"+
+			"de-identified projection of those events on analytics.> (--analytics); and the recorder\n"+
+			"of dead letters (events consumers gave up on, see pacsflow dlq).\n"+
 			"It prints where everything listens. Ctrl-C stops accepting associations, lets active ones\n"+
 			"finish (10 s), stops the services, then NATS.", stderr)
 	f := addPipelineFlags(fs, true)
@@ -97,8 +100,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func runIngest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("ingest --nats-url URL [flags]",
-		"Runs the ingest service alone against an external NATS JetStream (server or cluster):\n"+
-			"several ingest processes may share one JetStream, also for parts of the same study.", stderr)
+		"Runs the ingest service against an external NATS JetStream (server or cluster), with the\n"+
+			"analytics projection (--analytics) and the dead-letter recorder as in pacsflow up: several\n"+
+			"such processes may share one JetStream, also for parts of the same study; the projection\n"+
+			"and the recorder share their durable consumers, so each event is handled once.", stderr)
 	f := addPipelineFlags(fs, false)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -222,6 +227,9 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	run("study assembler", svc.Run)
 	run("dead-letter reconciler", func(ctx context.Context) error {
 		return events.RunDeadLetterReconciler(ctx, js, events.ReconcilerConfig{Streams: streams, Logger: log})
+	})
+	run("study latency recorder", func(ctx context.Context) error {
+		return latency.Run(ctx, js, latency.Config{Stream: streams.StreamName(), Logger: log})
 	})
 	if *f.analytics {
 		acfg, err := f.analyticsConfig(streams, log)

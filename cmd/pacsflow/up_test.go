@@ -77,6 +77,10 @@ func testUpEndToEnd(t *testing.T, bin, backend string) {
 		t.Fatalf("%d pacs.study.received events, want 1", len(studies))
 	}
 	checkManifest(t, studies[0], ins, stored, []string{assoc})
+	waitFor(t, "the study's latency on /metrics", func() bool {
+		_, metrics := httpGet(t, up.httpURL+"/metrics")
+		return strings.Contains(metrics, `pacsflow_study_latency_seconds_count{stage="completed"} 1`+"\n")
+	})
 
 	// The same study again: all duplicates, so no event at all.
 	before := len(evs)

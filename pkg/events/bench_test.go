@@ -27,6 +27,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 )
 
 type benchVariant struct {
@@ -64,20 +65,7 @@ func (discardExporter) Shutdown(context.Context) error                          
 // benchStream starts an embedded server with the streams provisioned.
 func benchStream(b *testing.B) jetstream.JetStream {
 	b.Helper()
-	s, err := natsserver.Start(natsserver.Config{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(s.Shutdown)
-	nc, err := s.Connect()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
+	js := natstest.Start(b, natsserver.Config{}).JS
 	if _, err := Provision(context.Background(), js, StreamConfig{}); err != nil {
 		b.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 )
 
 func TestToken(t *testing.T) {
@@ -67,21 +68,7 @@ func TestMessageRoundTrip(t *testing.T) {
 // startServer runs an embedded JetStream for one test.
 func startServer(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	s, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Shutdown)
-	nc, err := s.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return natstest.Start(t, natsserver.Config{}).JS
 }
 
 func TestProvisionAndPublish(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/deid"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
@@ -696,20 +697,7 @@ func TestProjectErrors(t *testing.T) {
 }
 
 func TestAnalyticsStream(t *testing.T) {
-	s, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Shutdown)
-	nc, err := s.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.Start(t, natsserver.Config{}).JS
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	phi, err := events.Provision(ctx, js, events.StreamConfig{})

@@ -13,22 +13,13 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/deid"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 )
 
 // Run projects a published PHI event onto the analytics stream, as a valid
 // analytics event that carries none of the PHI.
 func TestRunProjectsOntoTheAnalyticsStream(t *testing.T) {
-	s, err := natsserver.Start(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Shutdown)
-	nc, err := s.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	js := natstest.Start(t, natsserver.Config{}).JS
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := events.Provision(ctx, js, events.StreamConfig{}); err != nil {

@@ -17,37 +17,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
+	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/storage/storagetest"
 )
-
-// server is an embedded NATS server on a temporary folder with an
-// in-process connection, both closed when t ends.
-type server struct {
-	srv *natsserver.Server
-	nc  *nats.Conn
-	js  jetstream.JetStream
-}
-
-func startServer(t testing.TB, cfg natsserver.Config) *server {
-	t.Helper()
-	cfg.StoreDir = t.TempDir()
-	srv, err := natsserver.Start(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &server{srv: srv, nc: nc, js: js}
-}
 
 func newStore(t testing.TB, js jetstream.JetStream, cfg Config) *Store {
 	t.Helper()
@@ -62,8 +35,8 @@ func TestSuite(t *testing.T) {
 	for _, chunk := range []int{0, 100 << 10} {
 		t.Run("chunk="+strconv.Itoa(chunk), func(t *testing.T) {
 			storagetest.Run(t, func(t *testing.T) storage.Store {
-				srv := startServer(t, natsserver.Config{})
-				s := newStore(t, srv.js, Config{ChunkSize: chunk})
+				srv := natstest.Start(t, natsserver.Config{})
+				s := newStore(t, srv.JS, Config{ChunkSize: chunk})
 				t.Cleanup(func() { checkNoOrphans(t, s) })
 				return s
 			})
@@ -107,20 +80,20 @@ func checkNoOrphans(t *testing.T, s *Store) {
 }
 
 func TestNewIdempotentAndChunkLimit(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
+	srv := natstest.Start(t, natsserver.Config{})
 	ctx := t.Context()
-	a := newStore(t, srv.js, Config{})
+	a := newStore(t, srv.JS, Config{})
 	if _, err := a.Put(ctx, "a", strings.NewReader("kept")); err != nil {
 		t.Fatal(err)
 	}
-	b := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
+	b := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
 	if _, err := b.Stat(ctx, "a"); err != nil {
 		t.Fatalf("second New lost the bucket's objects: %v", err)
 	}
-	if _, err := New(ctx, srv.js, Config{ChunkSize: 8 << 20}); err == nil {
+	if _, err := New(ctx, srv.JS, Config{ChunkSize: 8 << 20}); err == nil {
 		t.Error("New accepted a chunk size of the server's maximum payload")
 	}
-	if _, err := New(ctx, srv.js, Config{ChunkSize: -1}); err == nil {
+	if _, err := New(ctx, srv.JS, Config{ChunkSize: -1}); err == nil {
 		t.Error("New accepted a negative chunk size")
 	}
 }
@@ -128,10 +101,10 @@ func TestNewIdempotentAndChunkLimit(t *testing.T) {
 // TestCompatible: nats.go's own object store reads what Store writes, and
 // Store reads what nats.go writes.
 func TestCompatible(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
+	srv := natstest.Start(t, natsserver.Config{})
 	ctx := t.Context()
-	s := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
-	obs, err := srv.js.ObjectStore(ctx, DefaultBucket)
+	s := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
+	obs, err := srv.JS.ObjectStore(ctx, DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,13 +144,13 @@ func TestCompatible(t *testing.T) {
 // TestDigestMismatch: metadata whose recorded SHA-256 disagrees with the
 // object store's digest is refused.
 func TestDigestMismatch(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
+	srv := natstest.Start(t, natsserver.Config{})
 	ctx := t.Context()
-	s := newStore(t, srv.js, Config{})
+	s := newStore(t, srv.JS, Config{})
 	if _, err := s.Put(ctx, "a", strings.NewReader("bytes")); err != nil {
 		t.Fatal(err)
 	}
-	obs, err := srv.js.ObjectStore(ctx, DefaultBucket)
+	obs, err := srv.JS.ObjectStore(ctx, DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,9 +165,9 @@ func TestDigestMismatch(t *testing.T) {
 // TestFull: a server whose JetStream storage is full refuses the Put with
 // ErrFull, and neither the object nor any of its chunks remain.
 func TestFull(t *testing.T) {
-	srv := startServer(t, natsserver.Config{MaxStore: 2 << 20})
+	srv := natstest.Start(t, natsserver.Config{MaxStore: 2 << 20})
 	ctx := t.Context()
-	s := newStore(t, srv.js, Config{ChunkSize: 256 << 10})
+	s := newStore(t, srv.JS, Config{ChunkSize: 256 << 10})
 	sp, err := s.Space(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -232,14 +205,14 @@ func (zeros) Read(p []byte) (int, error) {
 // TestUnavailable: with the server gone, every operation fails quickly
 // with ErrUnavailable.
 func TestUnavailable(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
-	s := newStore(t, srv.js, Config{})
+	srv := natstest.Start(t, natsserver.Config{})
+	s := newStore(t, srv.JS, Config{})
 	if _, err := s.Put(t.Context(), "a", strings.NewReader("before")); err != nil {
 		t.Fatal(err)
 	}
 	// The connection's complaint about its server going away is expected.
-	srv.nc.SetErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
-	srv.srv.Shutdown()
+	srv.Conn.SetErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
+	srv.Shutdown()
 
 	for name, op := range map[string]func(ctx context.Context) error{
 		"Put": func(ctx context.Context) error {
@@ -278,12 +251,12 @@ func TestUnavailable(t *testing.T) {
 // TestServerGoneMidway: a Put whose server goes away while it sends
 // chunks fails with ErrUnavailable, soon after its context ends.
 func TestServerGoneMidway(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
-	s := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
-	srv.nc.SetErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
+	srv := natstest.Start(t, natsserver.Config{})
+	s := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
+	srv.Conn.SetErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	r := &callbackReader{r: io.LimitReader(zeros{}, 1<<20), n: 200 << 10, at: srv.srv.Shutdown}
+	r := &callbackReader{r: io.LimitReader(zeros{}, 1<<20), n: 200 << 10, at: srv.Shutdown}
 	start := time.Now()
 	_, err := s.Put(ctx, "k", r)
 	t.Logf("Put: %v after %v", err, time.Since(start).Round(time.Millisecond))
@@ -316,8 +289,8 @@ func (c *callbackReader) Read(p []byte) (int, error) {
 func BenchmarkPut(b *testing.B) {
 	for _, chunk := range []int{128 << 10, 1 << 20} {
 		b.Run("chunk="+strconv.Itoa(chunk>>10)+"KiB", func(b *testing.B) {
-			srv := startServer(b, natsserver.Config{})
-			s := newStore(b, srv.js, Config{ChunkSize: chunk})
+			srv := natstest.Start(b, natsserver.Config{})
+			s := newStore(b, srv.JS, Config{ChunkSize: chunk})
 			storagetest.BenchmarkPut(b, s)
 		})
 	}
@@ -326,9 +299,9 @@ func BenchmarkPut(b *testing.B) {
 // TestLostRace: of two Puts that both find the key free, the one whose
 // metadata comes second gets ErrExists and leaves no chunks.
 func TestLostRace(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
+	srv := natstest.Start(t, natsserver.Config{})
 	ctx := t.Context()
-	s := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
+	s := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
 	slow := &storagetest.GatedReader{
 		First:   bytes.NewReader(bytes.Repeat([]byte("a"), 200<<10)),
 		Rest:    bytes.NewReader(bytes.Repeat([]byte("b"), 100<<10)),
@@ -363,9 +336,9 @@ func TestLostRace(t *testing.T) {
 // TestReaderAfterDelete: an object deleted while it is read gives an
 // error, not a short read.
 func TestReaderAfterDelete(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
+	srv := natstest.Start(t, natsserver.Config{})
 	ctx := t.Context()
-	s := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
+	s := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
 	if _, err := s.Put(ctx, "k", bytes.NewReader(make([]byte, 300<<10))); err != nil {
 		t.Fatal(err)
 	}
@@ -387,8 +360,8 @@ func TestReaderAfterDelete(t *testing.T) {
 
 // TestReaderContext: the reader stops when Open's context ends.
 func TestReaderContext(t *testing.T) {
-	srv := startServer(t, natsserver.Config{})
-	s := newStore(t, srv.js, Config{ChunkSize: 64 << 10})
+	srv := natstest.Start(t, natsserver.Config{})
+	s := newStore(t, srv.JS, Config{ChunkSize: 64 << 10})
 	if _, err := s.Put(t.Context(), "k", bytes.NewReader(make([]byte, 300<<10))); err != nil {
 		t.Fatal(err)
 	}
