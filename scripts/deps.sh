@@ -22,3 +22,31 @@ need_venv() {
     .venv/bin/pip install -q $PY_PACKAGES
   fi
 }
+
+TF_PACKAGE="tensorflow-cpu==2.21.0"
+
+# need_tensorflow installs tensorflow-cpu into .venv when missing and exports what builds
+# pkg/model against TensorFlow's C library: the wheel's libtensorflow_cc.so.2 exports the C
+# API (TF_*) and libtensorflow_framework.so.2 sits beside it. .build/tensorflow/libtensorflow.so
+# is a linker script naming both, so -ltensorflow (what the Go binding asks for) links them, and
+# the rpath lets binaries run without LD_LIBRARY_PATH. TF_DIR points the build at another
+# TensorFlow (a GPU-enabled wheel's tensorflow/ directory, or libtensorflow with include/).
+need_tensorflow() {
+  need_venv
+  if [ -z "${TF_DIR:-}" ] && ! .venv/bin/python -c 'import importlib.util as u; exit(u.find_spec("tensorflow") is None)'; then
+    echo "== installing $TF_PACKAGE into .venv (about 270 MB)"
+    .venv/bin/pip install -q "$TF_PACKAGE"
+  fi
+  local tfdir="${TF_DIR:-$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("tensorflow").submodule_search_locations[0])')}"
+  local cc="$tfdir/libtensorflow_cc.so.2" fw="$tfdir/libtensorflow_framework.so.2"
+  [ -f "$cc" ] || cc="$tfdir/lib/libtensorflow.so.2"
+  [ -f "$fw" ] || fw="$tfdir/lib/libtensorflow_framework.so.2"
+  local inc="$tfdir/include"
+  [ -f "$inc/tensorflow/c/c_api.h" ] || { echo "no TensorFlow C headers under $inc" >&2; exit 1; }
+  mkdir -p .build/tensorflow
+  printf 'INPUT ( %s %s )\n' "$cc" "$fw" > .build/tensorflow/libtensorflow.so
+  export CGO_CFLAGS="-I$inc"
+  export CGO_LDFLAGS="-L$PWD/.build/tensorflow -Wl,-rpath,$(dirname "$cc")"
+  export GOFLAGS="-tags=tensorflow"
+  export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every pacsflow test. Installs what the tests need when it is missing:
 # Go modules (go mod download), DCMTK (apt-get install dcmtk) for the interop
-# tests, and a Python venv (.venv) with pynetdicom and pydicom.
+# tests, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
+# model tests, and the C library pkg/model links).
 # Set FUZZTIME (default 30s) to change how long each fuzz target runs; FUZZTIME=0 skips fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,13 +11,14 @@ cd "$(dirname "$0")/.."
 need_go
 need_dcmtk
 need_venv
-
-export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
+need_tensorflow
 echo "== go vet, staticcheck"
 go vet ./...
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== go test"
 go test -count=1 -timeout 20m ./...
+echo "== go test -race ./pkg/model (concurrent use of the TensorFlow runtime)"
+go test -count=1 -race -run "TestConcurrentUse|TestReferenceMatchesPython" ./pkg/model
 FUZZTIME=${FUZZTIME:-30s}
 if [ "$FUZZTIME" != "0" ]; then
   while read -r pkg target; do

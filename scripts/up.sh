@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole pacsflow pipeline on this machine (pacsflow up): builds the
-# binary into bin/ (downloading Go modules if missing), then starts it with
-# the arguments given, e.g. ./scripts/up.sh --data /srv/pacsflow.
+# Runs the whole pacsflow pipeline on this machine (pacsflow up): builds bin/pacsflow with
+# ./scripts/build.sh (which installs Go modules and tensorflow-cpu if missing), then starts it
+# with the arguments given, e.g. ./scripts/up.sh --data /srv/pacsflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/deps.sh
-. scripts/deps.sh
-need_go
-go build -o bin/pacsflow ./cmd/pacsflow
+./scripts/build.sh
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1} # hide TensorFlow's start-up notes
 exec bin/pacsflow up "$@"

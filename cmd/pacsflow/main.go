@@ -29,6 +29,7 @@ var commands = map[string]command{
 	"ingest":   {"run the ingest service against an external NATS JetStream", runIngest},
 	"events":   {"print the events kept in JetStream, from a time or a sequence, and follow new ones", runEvents},
 	"dlq":      {"list the dead letters (events consumers gave up on) and replay them", runDLQ},
+	"model":    {"inspect a model directory: its signatures and the model contract check", runModel},
 }
 
 func main() {
@@ -60,11 +61,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	}
-	fmt.Fprintf(stderr, "pacsflow %s: %v\n", args[0], err)
 	var ec exitCode
 	if errors.As(err, &ec) {
-		return int(ec)
+		return int(ec) // the command has said why
 	}
+	fmt.Fprintf(stderr, "pacsflow %s: %v\n", args[0], err)
 	return 1
 }
 
@@ -86,7 +87,8 @@ func usage(w io.Writer) {
 // errUsage reports bad command-line input already explained to the user.
 var errUsage = errors.New("usage")
 
-// exitCode is an error that asks for a specific exit status.
+// exitCode is an error that asks for a specific exit status, returned by a command that
+// has already printed why.
 type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }

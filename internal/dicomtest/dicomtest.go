@@ -27,6 +27,51 @@ type Instance struct {
 	// Salt changes the pixel data without changing any attribute, to make
 	// a different payload under the same UIDs.
 	Salt byte
+	// Image, when set, replaces PixelBytes with a real greyscale image.
+	Image *Image
+}
+
+// Image is the Image Pixel module of a greyscale instance, 16 bits allocated.
+type Image struct {
+	Rows, Cols  int
+	Frames      int // Number of Frames; 0 leaves the attribute out (one frame)
+	BitsStored  int
+	Signed      bool
+	Photometric string // MONOCHROME1 or MONOCHROME2
+	// Values are the stored values, frames one after another, rows in order.
+	Values []uint16
+	// RescaleSlope, RescaleIntercept, WindowCenter and WindowWidth are written as
+	// decimal strings when not empty.
+	RescaleSlope, RescaleIntercept, WindowCenter, WindowWidth string
+}
+
+func (im *Image) elements() []element {
+	els := []element{
+		{0x00280002, "US", le16(1)},
+		str(0x00280004, "CS", im.Photometric),
+		{0x00280010, "US", le16(uint16(im.Rows))},
+		{0x00280011, "US", le16(uint16(im.Cols))},
+		{0x00280100, "US", le16(16)},
+		{0x00280101, "US", le16(uint16(im.BitsStored))},
+		{0x00280102, "US", le16(uint16(im.BitsStored - 1))},
+		{0x00280103, "US", le16(map[bool]uint16{false: 0, true: 1}[im.Signed])},
+	}
+	if im.Frames > 0 {
+		els = append(els, str(0x00280008, "IS", itoa(im.Frames)))
+	}
+	for _, ds := range []struct {
+		tag uint32
+		v   string
+	}{{0x00281050, im.WindowCenter}, {0x00281051, im.WindowWidth}, {0x00281052, im.RescaleIntercept}, {0x00281053, im.RescaleSlope}} {
+		if ds.v != "" {
+			els = append(els, str(ds.tag, "DS", ds.v))
+		}
+	}
+	pix := make([]byte, 0, 2*len(im.Values))
+	for _, v := range im.Values {
+		pix = binary.LittleEndian.AppendUint16(pix, v)
+	}
+	return append(els, element{0x7FE00010, "OW", pix})
 }
 
 type element struct {
@@ -49,24 +94,16 @@ func (in Instance) DataSet() []byte {
 		str(0x0020000E, "UI", in.SeriesInstanceUID),
 		str(0x00200011, "IS", itoa(in.SeriesNumber)),
 		str(0x00200013, "IS", itoa(in.InstanceNumber)),
-		{0x00280010, "US", le16(2)},
-		{0x00280011, "US", le16(uint16(max(in.PixelBytes/4, 1)))},
-		{0x00280100, "US", le16(16)},
 		str(0x00400003, "TM", ""), // an empty element, as modalities send
 	}
 	if in.Priority != "" {
 		els = append(els, str(0x00401003, "SH", in.Priority))
 	}
-	pix := make([]byte, in.PixelBytes+in.PixelBytes%2)
-	seed := uint32(in.Salt)
-	for _, c := range in.SOPInstanceUID {
-		seed = seed*31 + uint32(c)
+	if in.Image != nil {
+		els = append(els, in.Image.elements()...)
+	} else {
+		els = append(els, in.noisePixels()...)
 	}
-	for i := range pix {
-		seed = seed*1664525 + 1013904223
-		pix[i] = byte(seed >> 24)
-	}
-	els = append(els, element{0x7FE00010, "OB", pix})
 	sort.Slice(els, func(i, j int) bool { return els[i].tag < els[j].tag })
 	var b []byte
 	for _, e := range els {
@@ -83,6 +120,25 @@ func (in Instance) DataSet() []byte {
 		b = append(b, e.val...)
 	}
 	return b
+}
+
+// noisePixels is a 2-row image of pseudo-random bytes, PixelBytes long.
+func (in Instance) noisePixels() []element {
+	pix := make([]byte, in.PixelBytes+in.PixelBytes%2)
+	seed := uint32(in.Salt)
+	for _, c := range in.SOPInstanceUID {
+		seed = seed*31 + uint32(c)
+	}
+	for i := range pix {
+		seed = seed*1664525 + 1013904223
+		pix[i] = byte(seed >> 24)
+	}
+	return []element{
+		{0x00280010, "US", le16(2)},
+		{0x00280011, "US", le16(uint16(max(in.PixelBytes/4, 1)))},
+		{0x00280100, "US", le16(16)},
+		{0x7FE00010, "OB", pix},
+	}
 }
 
 func str(tag uint32, vr, v string) element {

@@ -1,0 +1,279 @@
+// Package imaging turns the pixels of a DICOM instance into the images a model takes: it
+// decodes one frame with github.com/suyashkumar/dicom, applies the modality rescale, the VOI
+// window and MONOCHROME1 inversion, and resizes to the model's input (schemas/model-contract.md,
+// "Images").
+package imaging
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/suyashkumar/dicom"
+	"github.com/suyashkumar/dicom/pkg/frame"
+	"github.com/suyashkumar/dicom/pkg/tag"
+
+	"github.com/pacsflow/pacsflow/pkg/model"
+	"github.com/pacsflow/pacsflow/pkg/part10"
+)
+
+// ErrUnsupported marks an instance whose pixels pacsflow cannot decode or the model cannot
+// take; the error says why, for the skip reason in events.
+var ErrUnsupported = errors.New("unsupported image")
+
+func unsupported(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUnsupported, fmt.Sprintf(format, args...))
+}
+
+// transferSyntaxes are those whose pixel data Decode reads: the native ones, and JPEG
+// Baseline, which Go's image/jpeg decodes. Others need transcoding before they reach pacsflow.
+var transferSyntaxes = map[string]string{
+	"1.2.840.10008.1.2":      "Implicit VR Little Endian",
+	"1.2.840.10008.1.2.1":    "Explicit VR Little Endian",
+	"1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+	"1.2.840.10008.1.2.2":    "Explicit VR Big Endian",
+	"1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
+}
+
+// Frame is one greyscale frame in modality units (after Rescale Slope and Intercept), with
+// what the rest of preprocessing needs to know about it.
+type Frame struct {
+	Rows, Cols int
+	Values     []float32
+	// Index is which frame of the instance this is (0-based), of NumberOfFrames.
+	Index, NumberOfFrames int
+	Modality              string
+	Photometric           string
+	// Window is the instance's first VOI window, if it has one.
+	Window *model.Window
+}
+
+// Decode parses a Part 10 instance and returns its middle frame (the only one for a
+// single-frame image): for a multi-frame instance, the middle frame is the one most likely to
+// show the anatomy the study is about. Errors that wrap ErrUnsupported name what pacsflow
+// cannot decode; others mean the instance is not valid DICOM.
+func Decode(instance []byte) (f *Frame, err error) {
+	meta, _, err := part10.ParseHeader(instance)
+	if err != nil {
+		return nil, fmt.Errorf("read file meta information: %w", err)
+	}
+	if _, ok := transferSyntaxes[meta.TransferSyntaxUID]; !ok {
+		return nil, unsupported("transfer syntax %s cannot be decoded (pacsflow decodes %s); transcode it first, e.g. with dcmdjpeg or dcmdjpls",
+			meta.TransferSyntaxUID, strings.Join(slices.Sorted(maps.Values(transferSyntaxes)), ", "))
+	}
+	defer func() {
+		// The parser is known to panic on some malformed input; an instance that crashes it
+		// is one pacsflow cannot read, not a reason to stop the service.
+		if p := recover(); p != nil {
+			f, err = nil, fmt.Errorf("%w: the DICOM parser failed: %v", ErrUnsupported, p)
+		}
+	}()
+	ds, err := dicom.Parse(bytes.NewReader(instance), int64(len(instance)), nil)
+	if err != nil {
+		return nil, fmt.Errorf("parse instance: %w", err)
+	}
+	return frameOf(&ds)
+}
+
+func frameOf(ds *dicom.Dataset) (*Frame, error) {
+	f := &Frame{Modality: text(ds, tag.Modality), Photometric: text(ds, tag.PhotometricInterpretation)}
+	if f.Photometric != "MONOCHROME1" && f.Photometric != "MONOCHROME2" {
+		return nil, unsupported("photometric interpretation %q is not greyscale (MONOCHROME1 or MONOCHROME2)", f.Photometric)
+	}
+	e, err := ds.FindElementByTag(tag.PixelData)
+	if err != nil {
+		return nil, unsupported("no pixel data")
+	}
+	info, ok := e.Value.GetValue().(dicom.PixelDataInfo)
+	if !ok || info.ParseErr != nil || len(info.Frames) == 0 {
+		return nil, unsupported("pixel data cannot be read: %v", info.ParseErr)
+	}
+	f.NumberOfFrames = len(info.Frames)
+	f.Index = len(info.Frames) / 2
+	fr := info.Frames[f.Index]
+	if fr.Encapsulated {
+		err = f.fromJPEG(fr)
+	} else {
+		err = f.fromNative(fr, ds)
+	}
+	if err != nil {
+		return nil, err
+	}
+	slope, intercept := number(ds, tag.RescaleSlope, 1), number(ds, tag.RescaleIntercept, 0)
+	if slope == 0 {
+		slope = 1 // a zero slope is an encoding error; ignoring it keeps the image readable
+	}
+	for i, v := range f.Values {
+		f.Values[i] = float32(float64(v)*slope + intercept)
+	}
+	if c, w := number(ds, tag.WindowCenter, math.NaN()), number(ds, tag.WindowWidth, math.NaN()); !math.IsNaN(c) && w >= 1 {
+		f.Window = &model.Window{Center: c, Width: w}
+	}
+	return f, nil
+}
+
+func (f *Frame) fromNative(fr *frame.Frame, ds *dicom.Dataset) error {
+	nf := fr.NativeData
+	if nf.SamplesPerPixel() != 1 {
+		return unsupported("%d samples per pixel, want 1", nf.SamplesPerPixel())
+	}
+	f.Rows, f.Cols = nf.Rows(), nf.Cols()
+	n := f.Rows * f.Cols
+	stored := int(number(ds, tag.BitsStored, float64(nf.BitsPerSample())))
+	signed := number(ds, tag.PixelRepresentation, 0) == 1
+	if stored < 1 || stored > nf.BitsPerSample() {
+		return unsupported("bits stored %d with %d bits allocated", stored, nf.BitsPerSample())
+	}
+	f.Values = make([]float32, n)
+	var raw func(i int) uint32
+	switch d := nf.RawDataSlice().(type) {
+	case []uint8:
+		raw = func(i int) uint32 { return uint32(d[i]) }
+		n = min(n, len(d))
+	case []uint16:
+		raw = func(i int) uint32 { return uint32(d[i]) }
+		n = min(n, len(d))
+	case []uint32:
+		raw = func(i int) uint32 { return d[i] }
+		n = min(n, len(d))
+	default:
+		return unsupported("%d bits allocated", nf.BitsPerSample())
+	}
+	if n < len(f.Values) {
+		return unsupported("pixel data has %d values for %d×%d", n, f.Rows, f.Cols)
+	}
+	mask := uint32(1)<<stored - 1
+	sign := uint32(1) << (stored - 1)
+	for i := range f.Values {
+		v := raw(i) & mask // bits above Bits Stored may hold overlays
+		if signed && v&sign != 0 {
+			f.Values[i] = float32(int64(v) - int64(mask) - 1)
+		} else {
+			f.Values[i] = float32(v)
+		}
+	}
+	return nil
+}
+
+func (f *Frame) fromJPEG(fr *frame.Frame) error {
+	img, err := fr.EncapsulatedData.GetImage()
+	if err != nil {
+		return unsupported("JPEG frame cannot be decoded: %v", err)
+	}
+	g, ok := img.(*image.Gray)
+	if !ok {
+		return unsupported("JPEG frame is %T, not greyscale", img)
+	}
+	b := g.Bounds()
+	f.Rows, f.Cols = b.Dy(), b.Dx()
+	f.Values = make([]float32, f.Rows*f.Cols)
+	for y := range f.Rows {
+		for x := range f.Cols {
+			f.Values[y*f.Cols+x] = float32(g.Pix[y*g.Stride+x])
+		}
+	}
+	return nil
+}
+
+// Preprocess turns a frame into the model's input: the VOI window (the frame's own, else the
+// contract's) mapped linearly onto the value range as PS3.3 C.11.2.1.2 defines it,
+// MONOCHROME1 inverted so that higher is brighter, bilinear resizing to the model's size, and
+// the grey value repeated over the channels.
+func Preprocess(f *Frame, p model.Preprocessing) model.Image {
+	w := p.Window
+	if f.Window != nil {
+		w = *f.Window
+	}
+	lo, hi := p.ValueRange[0], p.ValueRange[1]
+	windowed := make([]float32, len(f.Values))
+	for i, x := range f.Values {
+		y := voiLinear(float64(x), w)
+		if f.Photometric == "MONOCHROME1" {
+			y = 1 - y
+		}
+		windowed[i] = float32(lo + y*(hi-lo))
+	}
+	h, wd, ch := p.ImageSize[0], p.ImageSize[1], p.Channels
+	out := make([]float32, h*wd*ch)
+	resizeBilinear(windowed, f.Rows, f.Cols, h, wd, func(i int, v float32) {
+		for c := range ch {
+			out[i*ch+c] = v
+		}
+	})
+	return model.Image{Pixels: out}
+}
+
+// voiLinear is the LINEAR VOI LUT function of PS3.3 C.11.2.1.2.1 with output range [0,1].
+func voiLinear(x float64, w model.Window) float64 {
+	c, width := w.Center, w.Width
+	switch {
+	case x <= c-0.5-(width-1)/2:
+		return 0
+	case x > c-0.5+(width-1)/2:
+		return 1
+	}
+	return (x-(c-0.5))/(width-1) + 0.5
+}
+
+// resizeBilinear samples src (rows×cols) at h×w points with pixel centres aligned (as
+// TensorFlow's resize with half_pixel_centers does) and hands each value to set in row order.
+func resizeBilinear(src []float32, rows, cols, h, w int, set func(i int, v float32)) {
+	sy, sx := float64(rows)/float64(h), float64(cols)/float64(w)
+	for y := range h {
+		fy := math.Max((float64(y)+0.5)*sy-0.5, 0)
+		y0 := min(int(fy), rows-1)
+		y1 := min(y0+1, rows-1)
+		dy := float32(fy - float64(y0))
+		for x := range w {
+			fx := math.Max((float64(x)+0.5)*sx-0.5, 0)
+			x0 := min(int(fx), cols-1)
+			x1 := min(x0+1, cols-1)
+			dx := float32(fx - float64(x0))
+			top := src[y0*cols+x0]*(1-dx) + src[y0*cols+x1]*dx
+			bottom := src[y1*cols+x0]*(1-dx) + src[y1*cols+x1]*dx
+			set(y*w+x, top*(1-dy)+bottom*dy)
+		}
+	}
+}
+
+func text(ds *dicom.Dataset, t tag.Tag) string {
+	e, err := ds.FindElementByTag(t)
+	if err != nil {
+		return ""
+	}
+	if s, ok := e.Value.GetValue().([]string); ok && len(s) > 0 {
+		return strings.TrimSpace(s[0])
+	}
+	return ""
+}
+
+// number reads the first value of an integer or decimal-string element, or def.
+func number(ds *dicom.Dataset, t tag.Tag, def float64) float64 {
+	e, err := ds.FindElementByTag(t)
+	if err != nil {
+		return def
+	}
+	switch v := e.Value.GetValue().(type) {
+	case []int:
+		if len(v) > 0 {
+			return float64(v[0])
+		}
+	case []float64:
+		if len(v) > 0 {
+			return v[0]
+		}
+	case []string:
+		if len(v) > 0 {
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v[0]), 64); err == nil {
+				return f
+			}
+		}
+	}
+	return def
+}
