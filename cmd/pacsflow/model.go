@@ -48,7 +48,7 @@ func runModelInspect(ctx context.Context, args []string, stdout, stderr io.Write
 		return nil
 	}
 	start := time.Now()
-	m, err := model.Open(dir, model.Options{IntraOpThreads: *threads})
+	m, err := model.Open(ctx, dir, model.Options{IntraOpThreads: *threads})
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func smokeRun(ctx context.Context, w io.Writer, m *model.Model) error {
 		start := time.Now()
 		res, err := runs[name]()
 		if err != nil {
-			return fmt.Errorf("run %s: %w", name, err)
+			return err
 		}
 		fmt.Fprintf(w, "ran %-10s in %v: %s\n", name, time.Since(start).Round(time.Microsecond), res)
 	}

@@ -5,15 +5,28 @@ package model
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 )
 
 // BenchmarkUnderstand measures the understand signature on the reference model through the
-// Go runtime, at the batch sizes bench/model.sh compares with Python TensorFlow. The images
-// are those model/bench.py uses: a constant mid-grey (0.5), so both sides do the same work.
+// Go runtime, at the batch sizes bench/model.sh compares with Python TensorFlow. The model
+// computes the same amount whatever the pixels (greedy decoding always runs its full length),
+// so a constant grey image stands for any. MODEL_THREADS=INTRA,INTER sets TensorFlow's thread
+// pools, as model/bench.py --threads does (default 0,0: one thread per core).
 func BenchmarkUnderstand(b *testing.B) {
-	m := openReference(b)
+	var opts Options
+	if t := os.Getenv("MODEL_THREADS"); t != "" {
+		if _, err := fmt.Sscanf(t, "%d,%d", &opts.IntraOpThreads, &opts.InterOpThreads); err != nil {
+			b.Fatalf("MODEL_THREADS=%q: want INTRA,INTER", t)
+		}
+	}
+	m, err := Open(context.Background(), referenceDir(b), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
 	p := m.Contract().Preprocessing
 	for _, batch := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
@@ -45,7 +58,7 @@ func BenchmarkUnderstand(b *testing.B) {
 func BenchmarkOpen(b *testing.B) {
 	dir := referenceDir(b)
 	for b.Loop() {
-		m, err := Open(dir, Options{})
+		m, err := Open(context.Background(), dir, Options{})
 		if err != nil {
 			b.Fatal(err)
 		}

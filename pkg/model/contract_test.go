@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -128,7 +129,7 @@ func savedModelProto(sigs map[string]SignatureDef) *corepb.SavedModel {
 		"__saved_model_init_op": {Outputs: map[string]*corepb.TensorInfo{"__saved_model_init_op": {Encoding: &corepb.TensorInfo_Name{Name: "NoOp"}}}},
 	}
 	for name, sig := range sigs {
-		sd := &corepb.SignatureDef{Inputs: map[string]*corepb.TensorInfo{}, Outputs: map[string]*corepb.TensorInfo{}, MethodName: "tensorflow/serving/predict"}
+		sd := &corepb.SignatureDef{Inputs: map[string]*corepb.TensorInfo{}, Outputs: map[string]*corepb.TensorInfo{}}
 		for k, s := range sig.Inputs {
 			sd.Inputs[k] = info(name+"_"+k, s)
 		}
@@ -247,7 +248,7 @@ func TestInspect(t *testing.T) {
 func TestOpenWithoutRuntime(t *testing.T) {
 	c := validContract()
 	dir := writeModelDir(t, c.Signatures, c)
-	_, err := Open(dir, Options{Runtime: "onnx"})
+	_, err := Open(context.Background(), dir, Options{Runtime: "onnx"})
 	if err == nil || !strings.Contains(err.Error(), `unknown model runtime "onnx"`) {
 		t.Fatalf("Open with runtime onnx = %v", err)
 	}
@@ -265,5 +266,28 @@ func TestSessionConfig(t *testing.T) {
 	if cfg.IntraOpParallelismThreads != 2 || cfg.InterOpParallelismThreads != 1 || !cfg.GpuOptions.GetAllowGrowth() ||
 		cfg.GpuOptions.GetVisibleDeviceList() != "1" || cfg.DeviceCount["GPU"] != 0 || len(cfg.DeviceCount) != 1 || !cfg.AllowSoftPlacement {
 		t.Fatalf("session config = %v", &cfg)
+	}
+}
+
+// failingRuntime fails every run, as TensorFlow does when a SavedModel's variables were not
+// restored.
+type failingRuntime struct{ closed bool }
+
+func (f *failingRuntime) Run(context.Context, string, map[string]*Tensor) (map[string]*Tensor, error) {
+	return nil, errors.New("Could not find variable conv2d/kernel")
+}
+
+func (f *failingRuntime) Close() error { f.closed = true; return nil }
+
+func TestWarmUpFindsBrokenModel(t *testing.T) {
+	c := validContract()
+	tok, err := NewTokenizer(c.Tokenizer, []string{"<pad>", "<bos>", "<eos>", "<unk>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Model{contract: c, tokenizer: tok, rt: &failingRuntime{}}
+	err = m.warmUp(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "warm-up run of ask: Could not find variable") {
+		t.Fatalf("warmUp = %v", err)
 	}
 }

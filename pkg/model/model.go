@@ -47,8 +47,11 @@ func inspect(dir string) (*Contract, map[string]SavedSignature, *Tokenizer, erro
 	return c, saved, tok, err
 }
 
-// Open checks dir against the contract and loads it on the runtime opts names.
-func Open(dir string, opts Options) (*Model, error) {
+// Open checks dir against the contract, loads it on the runtime opts names, and runs each
+// signature once on a blank image: the first run builds TensorFlow's kernels (hundreds of
+// milliseconds), and a model whose variables were not restored fails here, at load time,
+// rather than on the first study.
+func Open(ctx context.Context, dir string, opts Options) (*Model, error) {
 	c, saved, tok, err := inspect(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open model %s: %w", dir, err)
@@ -63,7 +66,32 @@ func Open(dir string, opts Options) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
-	return &Model{dir: dir, contract: c, tokenizer: tok, saved: saved, rt: rt}, nil
+	m := &Model{dir: dir, contract: c, tokenizer: tok, saved: saved, rt: rt}
+	if err := m.warmUp(ctx); err != nil {
+		rt.Close()
+		return nil, fmt.Errorf("open model %s: %w", dir, err)
+	}
+	return m, nil
+}
+
+func (m *Model) warmUp(ctx context.Context) error {
+	p := m.contract.Preprocessing
+	blank := []Image{{Pixels: make([]float32, p.ImageSize[0]*p.ImageSize[1]*p.Channels)}}
+	for _, sig := range slices.Sorted(maps.Keys(m.contract.Signatures)) {
+		var err error
+		switch sig {
+		case SigUnderstand:
+			_, err = m.Understand(ctx, blank)
+		case SigAsk:
+			_, err = m.Ask(ctx, blank, []string{""})
+		case SigGenerate:
+			_, err = m.Generate(ctx, []GenerateRequest{{Task: "synthesize"}})
+		}
+		if err != nil {
+			return fmt.Errorf("warm-up run of %s: %w", sig, err)
+		}
+	}
+	return nil
 }
 
 // Contract is the model's contract.

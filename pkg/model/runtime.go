@@ -3,6 +3,8 @@ package model
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 
 	corepb "github.com/wamuir/graft/tensorflow/core/protobuf/for_core_protos_go_proto"
 	"google.golang.org/protobuf/proto"
@@ -41,6 +43,22 @@ func (t *Tensor) check(name string, want TensorSpec) error {
 	}
 	if n := max(len(t.F32), len(t.I32)); n != t.Len() {
 		return fmt.Errorf("input %q has %d values for shape %v (%d)", name, n, t.Shape, t.Len())
+	}
+	return nil
+}
+
+// CheckInputs verifies that inputs has every input of def, each with its dtype, shape and the
+// number of values the shape holds. Runtimes call it before they run a signature, so that a
+// bad request fails with a message naming the input rather than inside the engine.
+func CheckInputs(def SignatureDef, inputs map[string]*Tensor) error {
+	for _, name := range slices.Sorted(maps.Keys(def.Inputs)) {
+		t, ok := inputs[name]
+		if !ok {
+			return fmt.Errorf("input %q is missing", name)
+		}
+		if err := t.check(name, def.Inputs[name]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -81,16 +81,12 @@ func (r *tfRuntime) Run(ctx context.Context, signature string, inputs map[string
 	if !ok {
 		return nil, fmt.Errorf("run %s: the model has no such signature", signature)
 	}
+	if err := CheckInputs(s.def, inputs); err != nil {
+		return nil, fmt.Errorf("run %s: %w", signature, err)
+	}
 	feeds := make(map[tf.Output]*tf.Tensor, len(s.inputs))
-	for name, spec := range s.def.Inputs {
-		t, ok := inputs[name]
-		if !ok {
-			return nil, fmt.Errorf("run %s: input %q is missing", signature, name)
-		}
-		if err := t.check(name, spec); err != nil {
-			return nil, fmt.Errorf("run %s: %w", signature, err)
-		}
-		tt, err := toTF(t)
+	for name := range s.def.Inputs {
+		tt, err := toTF(inputs[name])
 		if err != nil {
 			return nil, fmt.Errorf("run %s: input %q: %w", signature, name, err)
 		}
