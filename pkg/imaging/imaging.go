@@ -6,6 +6,7 @@ package imaging
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -33,6 +34,11 @@ func unsupported(format string, args ...any) error {
 
 // transferSyntaxes are those whose pixel data Decode reads: the native ones, and JPEG
 // Baseline, which Go's image/jpeg decodes. Others need transcoding before they reach pacsflow.
+const (
+	jpegBaseline = "1.2.840.10008.1.2.4.50"
+	bigEndian    = "1.2.840.10008.1.2.2"
+)
+
 var transferSyntaxes = map[string]string{
 	"1.2.840.10008.1.2":      "Implicit VR Little Endian",
 	"1.2.840.10008.1.2.1":    "Explicit VR Little Endian",
@@ -74,14 +80,21 @@ func Decode(instance []byte) (f *Frame, err error) {
 			f, err = nil, fmt.Errorf("%w: the DICOM parser failed: %v", ErrUnsupported, p)
 		}
 	}()
-	ds, err := dicom.Parse(bytes.NewReader(instance), int64(len(instance)), nil)
+	var opts []dicom.ParseOption
+	native := meta.TransferSyntaxUID != jpegBaseline
+	if native {
+		// The parser unpacks native pixel data one sample at a time, every frame; taking
+		// the raw bytes and unpacking the one frame needed is several times faster.
+		opts = append(opts, dicom.SkipProcessingPixelDataValue())
+	}
+	ds, err := dicom.Parse(bytes.NewReader(instance), int64(len(instance)), nil, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("parse instance: %w", err)
 	}
-	return frameOf(&ds)
+	return frameOf(&ds, meta.TransferSyntaxUID == bigEndian)
 }
 
-func frameOf(ds *dicom.Dataset) (*Frame, error) {
+func frameOf(ds *dicom.Dataset, bigEndian bool) (*Frame, error) {
 	f := &Frame{Modality: text(ds, tag.Modality), Photometric: text(ds, tag.PhotometricInterpretation)}
 	if f.Photometric != "MONOCHROME1" && f.Photometric != "MONOCHROME2" {
 		return nil, unsupported("photometric interpretation %q is not greyscale (MONOCHROME1 or MONOCHROME2)", f.Photometric)
@@ -91,16 +104,17 @@ func frameOf(ds *dicom.Dataset) (*Frame, error) {
 		return nil, unsupported("no pixel data")
 	}
 	info, ok := e.Value.GetValue().(dicom.PixelDataInfo)
-	if !ok || info.ParseErr != nil || len(info.Frames) == 0 {
+	switch {
+	case !ok || info.ParseErr != nil:
 		return nil, unsupported("pixel data cannot be read: %v", info.ParseErr)
-	}
-	f.NumberOfFrames = len(info.Frames)
-	f.Index = len(info.Frames) / 2
-	fr := info.Frames[f.Index]
-	if fr.Encapsulated {
-		err = f.fromJPEG(fr)
-	} else {
-		err = f.fromNative(fr, ds)
+	case info.IntentionallyUnprocessed:
+		err = f.fromNative(info.UnprocessedValueData, ds, bigEndian)
+	case len(info.Frames) == 0 || !info.Frames[0].Encapsulated:
+		return nil, unsupported("no pixel data frames")
+	default:
+		f.NumberOfFrames = len(info.Frames)
+		f.Index = len(info.Frames) / 2
+		err = f.fromJPEG(info.Frames[f.Index])
 	}
 	if err != nil {
 		return nil, err
@@ -118,40 +132,55 @@ func frameOf(ds *dicom.Dataset) (*Frame, error) {
 	return f, nil
 }
 
-func (f *Frame) fromNative(fr *frame.Frame, ds *dicom.Dataset) error {
-	nf := fr.NativeData
-	if nf.SamplesPerPixel() != 1 {
-		return unsupported("%d samples per pixel, want 1", nf.SamplesPerPixel())
+// fromNative unpacks the middle frame of native pixel data: Bits Allocated 8, 16 or 32, one
+// sample per pixel, values masked to Bits Stored and sign-extended when Pixel Representation
+// says they are signed.
+func (f *Frame) fromNative(raw []byte, ds *dicom.Dataset, bigEndian bool) error {
+	if spp := number(ds, tag.SamplesPerPixel, 1); spp != 1 {
+		return unsupported("%v samples per pixel, want 1", spp)
 	}
-	f.Rows, f.Cols = nf.Rows(), nf.Cols()
-	n := f.Rows * f.Cols
-	stored := int(number(ds, tag.BitsStored, float64(nf.BitsPerSample())))
+	f.Rows, f.Cols = int(number(ds, tag.Rows, 0)), int(number(ds, tag.Columns, 0))
+	allocated := int(number(ds, tag.BitsAllocated, 0))
+	stored := int(number(ds, tag.BitsStored, float64(allocated)))
 	signed := number(ds, tag.PixelRepresentation, 0) == 1
-	if stored < 1 || stored > nf.BitsPerSample() {
-		return unsupported("bits stored %d with %d bits allocated", stored, nf.BitsPerSample())
+	if allocated != 8 && allocated != 16 && allocated != 32 {
+		return unsupported("%d bits allocated", allocated)
 	}
-	f.Values = make([]float32, n)
-	var raw func(i int) uint32
-	switch d := nf.RawDataSlice().(type) {
-	case []uint8:
-		raw = func(i int) uint32 { return uint32(d[i]) }
-		n = min(n, len(d))
-	case []uint16:
-		raw = func(i int) uint32 { return uint32(d[i]) }
-		n = min(n, len(d))
-	case []uint32:
-		raw = func(i int) uint32 { return d[i] }
-		n = min(n, len(d))
-	default:
-		return unsupported("%d bits allocated", nf.BitsPerSample())
+	if stored < 1 || stored > allocated {
+		return unsupported("bits stored %d with %d bits allocated", stored, allocated)
 	}
-	if n < len(f.Values) {
-		return unsupported("pixel data has %d values for %d×%d", n, f.Rows, f.Cols)
+	if f.Rows <= 0 || f.Cols <= 0 {
+		return unsupported("image of %d×%d", f.Rows, f.Cols)
+	}
+	size := allocated / 8
+	frameBytes := f.Rows * f.Cols * size
+	if frameBytes/size/f.Cols != f.Rows || len(raw) < frameBytes {
+		return unsupported("pixel data has %d bytes, one %d×%d frame of %d bits needs %d", len(raw), f.Rows, f.Cols, allocated, frameBytes)
+	}
+	f.NumberOfFrames = max(int(number(ds, tag.NumberOfFrames, 1)), 1)
+	if f.NumberOfFrames > len(raw)/frameBytes {
+		f.NumberOfFrames = len(raw) / frameBytes // a short last frame is not a frame
+	}
+	f.Index = f.NumberOfFrames / 2
+	px := raw[f.Index*frameBytes : (f.Index+1)*frameBytes]
+	var order binary.ByteOrder = binary.LittleEndian
+	if bigEndian {
+		order = binary.BigEndian
 	}
 	mask := uint32(1)<<stored - 1
 	sign := uint32(1) << (stored - 1)
+	f.Values = make([]float32, f.Rows*f.Cols)
 	for i := range f.Values {
-		v := raw(i) & mask // bits above Bits Stored may hold overlays
+		var v uint32
+		switch size {
+		case 1:
+			v = uint32(px[i])
+		case 2:
+			v = uint32(order.Uint16(px[2*i:]))
+		default:
+			v = order.Uint32(px[4*i:])
+		}
+		v &= mask // bits above Bits Stored may hold overlays
 		if signed && v&sign != 0 {
 			f.Values[i] = float32(int64(v) - int64(mask) - 1)
 		} else {
@@ -191,13 +220,15 @@ func Preprocess(f *Frame, p model.Preprocessing) model.Image {
 		w = *f.Window
 	}
 	lo, hi := p.ValueRange[0], p.ValueRange[1]
-	windowed := make([]float32, len(f.Values))
-	for i, x := range f.Values {
-		y := voiLinear(float64(x), w)
-		if f.Photometric == "MONOCHROME1" {
+	invert := f.Photometric == "MONOCHROME1"
+	// Windowing each sample the resize reads, rather than the whole frame first, gives the
+	// same values and touches only the pixels the model sees.
+	windowed := func(i int) float32 {
+		y := voiLinear(float64(f.Values[i]), w)
+		if invert {
 			y = 1 - y
 		}
-		windowed[i] = float32(lo + y*(hi-lo))
+		return float32(lo + y*(hi-lo))
 	}
 	h, wd, ch := p.ImageSize[0], p.ImageSize[1], p.Channels
 	out := make([]float32, h*wd*ch)
@@ -221,9 +252,9 @@ func voiLinear(x float64, w model.Window) float64 {
 	return (x-(c-0.5))/(width-1) + 0.5
 }
 
-// resizeBilinear samples src (rows×cols) at h×w points with pixel centres aligned (as
+// resizeBilinear samples src (rows×cols, read through at) at h×w points with pixel centres aligned (as
 // TensorFlow's resize with half_pixel_centers does) and hands each value to set in row order.
-func resizeBilinear(src []float32, rows, cols, h, w int, set func(i int, v float32)) {
+func resizeBilinear(at func(i int) float32, rows, cols, h, w int, set func(i int, v float32)) {
 	sy, sx := float64(rows)/float64(h), float64(cols)/float64(w)
 	for y := range h {
 		fy := math.Max((float64(y)+0.5)*sy-0.5, 0)
@@ -235,8 +266,8 @@ func resizeBilinear(src []float32, rows, cols, h, w int, set func(i int, v float
 			x0 := min(int(fx), cols-1)
 			x1 := min(x0+1, cols-1)
 			dx := float32(fx - float64(x0))
-			top := src[y0*cols+x0]*(1-dx) + src[y0*cols+x1]*dx
-			bottom := src[y1*cols+x0]*(1-dx) + src[y1*cols+x1]*dx
+			top := at(y0*cols+x0)*(1-dx) + at(y0*cols+x1)*dx
+			bottom := at(y1*cols+x0)*(1-dx) + at(y1*cols+x1)*dx
 			set(y*w+x, top*(1-dy)+bottom*dy)
 		}
 	}
