@@ -140,6 +140,27 @@ func studyReceived(generation int, trigger string) *events.StudyReceived {
 	}
 }
 
+// AI results of the reference model for one CR image.
+func aiModel() events.ModelRef {
+	return events.ModelRef{Name: "pacsflow-reference", Version: "1.0.0", ContractVersion: "1",
+		IntendedUse: "Reference model trained only on synthetic phantoms. Not for clinical use."}
+}
+
+func aiFindingList() []events.Finding {
+	return []events.Finding{
+		{Label: "nodule", Probability: 0.97, Present: true, Box: []float64{0.2, 0.25, 0.31, 0.36}, SOPInstanceUID: studyUID + ".1.1", Frame: 1},
+		{Label: "effusion", Probability: 0.02, Box: []float64{0.6, 0.1, 0.8, 0.4}, SOPInstanceUID: studyUID + ".1.1", Frame: 1},
+	}
+}
+
+func aiFindings() *events.AIFindings {
+	return &events.AIFindings{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, Model: aiModel(),
+		Findings: aiFindingList(), NumImages: 2,
+		Skipped:    []events.SkippedInstance{{SOPInstanceUID: studyUID + ".2.1", Reason: "unsupported image: photometric interpretation \"RGB\" is not greyscale"}},
+		Timings:    events.AITimings{Wait: 0.004, Decode: 0.012, Inference: 0.061, Total: 0.08},
+		AnalyzedAt: receivedAt}
+}
+
 type example struct {
 	name string
 	data any
@@ -202,6 +223,20 @@ func validExamples() map[string][]example {
 		},
 		events.TypeAnalyticsStudyUpdated: {
 			{"every property", analyticsStudy(2)},
+		},
+		events.TypeAIFindings: {
+			{"every property", aiFindings()},
+			{"required properties", &events.AIFindings{Study: events.Study{StudyInstanceUID: "2.25.1"}, Generation: 1, Modalities: []string{},
+				Findings: []events.Finding{}, Skipped: []events.SkippedInstance{}}},
+		},
+		events.TypeAIReportDraft: {
+			{"every property", &events.AIReportDraft{Study: instanceStored().Study, Generation: 2, Modalities: []string{"CR"}, Model: aiModel(),
+				Text: "A nodule is seen in the right upper zone.", MachineGenerated: true, SOPInstanceUID: studyUID + ".1.1", Frame: 1,
+				Findings: aiFindingList()}},
+		},
+		events.TypeAITriage: {
+			{"every property", &events.AITriage{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, Model: aiModel(),
+				Level: "STAT", Score: 0.97, Reason: "nodule 0.97 ≥ STAT threshold 0.90"}},
 		},
 		events.TypeInstanceStored: {
 			{"every property", instanceStored()},
@@ -357,10 +392,31 @@ func TestValidateDataRejectsInvalid(t *testing.T) {
 		{"a SHA-256 for its pseudonym", "series/0/instances/0/object/digest_pseudonym", digest, "/series/0/instances/0/object/digest_pseudonym", "does not match pattern"},
 		{"trigger not in the enum", "trigger", "timeout", "/trigger", "value must be one of"},
 	}
+	aiFindingsInvalid := []invalid{
+		{"probability above 1", "findings/0/probability", 1.2, "/findings/0/probability", "maximum"},
+		{"box of three numbers", "findings/0/box", []any{0.1, 0.2, 0.3}, "/findings/0/box", "minItems"},
+		{"box outside the image", "findings/0/box/2", 1.5, "/findings/0/box/2", "maximum"},
+		{"frame 0", "findings/0/frame", 0, "/findings/0/frame", "minimum"},
+		{"negative timing", "timings/inference", -0.1, "/timings/inference", "minimum"},
+		{"missing model", "model", remove{}, "", "missing property 'model'"},
+		{"generation 0", "generation", 0, "/generation", "minimum"},
+	}
+	aiReportInvalid := []invalid{
+		{"not machine-generated", "machine_generated", false, "/machine_generated", "value must be true"},
+		{"missing text", "text", remove{}, "", "missing property 'text'"},
+	}
+	aiTriageInvalid := []invalid{
+		{"level not in the enum", "level", "EMERGENCY", "/level", "value must be one of 'ROUTINE', 'STAT', 'URGENT'"},
+		{"score below 0", "score", -0.5, "/score", "minimum"},
+		{"missing reason", "reason", remove{}, "", "missing property 'reason'"},
+	}
 	cases := map[string][]invalid{
 		events.TypeInstanceStored:          instance,
 		events.TypeStudyReceived:           study,
 		events.TypeStudyUpdated:            study,
+		events.TypeAIFindings:              aiFindingsInvalid,
+		events.TypeAIReportDraft:           aiReportInvalid,
+		events.TypeAITriage:                aiTriageInvalid,
 		events.TypeAnalyticsInstanceStored: analyticsInstance,
 		events.TypeAnalyticsStudyReceived:  analyticsStudy,
 		events.TypeAnalyticsStudyUpdated:   analyticsStudy,

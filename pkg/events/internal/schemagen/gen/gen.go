@@ -52,6 +52,17 @@ var constraints = map[string]map[string]any{
 	"backend":    {"enum": []string{"fs", "objectstore"}},
 	"trigger":    {"enum": []string{"max-wait", "quiet-period"}},
 	"generation": {"minimum": 1},
+	// The model's results.
+	"level":             {"enum": []string{"ROUTINE", "STAT", "URGENT"}},
+	"machine_generated": {"const": true},
+	"box":               {"minItems": 4, "maxItems": 4, "items": map[string]any{"type": "number", "minimum": 0, "maximum": 1}},
+	"probability":       {"minimum": 0, "maximum": 1},
+	"score":             {"minimum": 0, "maximum": 1},
+	"frame":             {"minimum": 1},
+	"wait":              {"minimum": 0},
+	"decode":            {"minimum": 0},
+	"inference":         {"minimum": 0},
+	"total":             {"minimum": 0},
 	// A study event without a new instance is never published.
 	"series":    {"minItems": 1},
 	"instances": {"minItems": 1},
