@@ -12,10 +12,8 @@ import (
 
 // Model is a loaded model that fills the contract. It is safe for concurrent use.
 type Model struct {
-	dir       string
 	contract  *Contract
 	tokenizer *Tokenizer
-	saved     map[string]SavedSignature
 	rt        Runtime
 }
 
@@ -66,7 +64,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
-	m := &Model{dir: dir, contract: c, tokenizer: tok, saved: saved, rt: rt}
+	m := &Model{contract: c, tokenizer: tok, rt: rt}
 	if err := m.warmUp(ctx); err != nil {
 		rt.Close()
 		return nil, fmt.Errorf("open model %s: %w", dir, err)
