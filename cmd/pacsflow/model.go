@@ -114,36 +114,11 @@ func residentMemory() string {
 	return ""
 }
 
-// smokeRun runs each of the model's signatures once on a batch of one blank image.
+// smokeRun runs each of the model's signatures once on a blank image, timing each.
 func smokeRun(ctx context.Context, w io.Writer, m *model.Model) error {
-	p := m.Contract().Preprocessing
-	blank := model.Image{Pixels: make([]float32, p.ImageSize[0]*p.ImageSize[1]*p.Channels)}
-	runs := map[string]func() (string, error){
-		model.SigUnderstand: func() (string, error) {
-			u, err := m.Understand(ctx, []model.Image{blank})
-			if err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("report %q", u[0].Report), nil
-		},
-		model.SigAsk: func() (string, error) {
-			a, err := m.Ask(ctx, []model.Image{blank}, []string{"is there a nodule ?"})
-			if err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("answer %q", a[0]), nil
-		},
-		model.SigGenerate: func() (string, error) {
-			imgs, err := m.Generate(ctx, []model.GenerateRequest{{Task: "synthesize", Condition: "normal", Seed: 1}})
-			if err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("%d pixels", len(imgs[0].Pixels)), nil
-		},
-	}
 	for _, name := range slices.Sorted(maps.Keys(m.Contract().Signatures)) {
 		start := time.Now()
-		res, err := runs[name]()
+		res, err := m.Probe(ctx, name)
 		if err != nil {
 			return err
 		}

@@ -73,23 +73,40 @@ func Open(ctx context.Context, dir string, opts Options) (*Model, error) {
 }
 
 func (m *Model) warmUp(ctx context.Context) error {
-	p := m.contract.Preprocessing
-	blank := []Image{{Pixels: make([]float32, p.ImageSize[0]*p.ImageSize[1]*p.Channels)}}
 	for _, sig := range slices.Sorted(maps.Keys(m.contract.Signatures)) {
-		var err error
-		switch sig {
-		case SigUnderstand:
-			_, err = m.Understand(ctx, blank)
-		case SigAsk:
-			_, err = m.Ask(ctx, blank, []string{""})
-		case SigGenerate:
-			_, err = m.Generate(ctx, []GenerateRequest{{Task: "synthesize"}})
-		}
-		if err != nil {
+		if _, err := m.Probe(ctx, sig); err != nil {
 			return fmt.Errorf("warm-up run of %s: %w", sig, err)
 		}
 	}
 	return nil
+}
+
+// Probe runs signature sig once on a blank image (and, for ask, an empty question; for
+// generate, an empty synthesis prompt) and describes the result in a few words.
+func (m *Model) Probe(ctx context.Context, sig string) (string, error) {
+	p := m.contract.Preprocessing
+	blank := []Image{{Pixels: make([]float32, p.ImageSize[0]*p.ImageSize[1]*p.Channels)}}
+	switch sig {
+	case SigUnderstand:
+		u, err := m.Understand(ctx, blank)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("report %q", u[0].Report), nil
+	case SigAsk:
+		a, err := m.Ask(ctx, blank, []string{""})
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("answer %q", a[0]), nil
+	case SigGenerate:
+		g, err := m.Generate(ctx, []GenerateRequest{{Task: "synthesize"}})
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d pixels", len(g[0].Pixels)), nil
+	}
+	return "", fmt.Errorf("%s: %w", sig, errNoSignature)
 }
 
 // Contract is the model's contract.
