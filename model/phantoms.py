@@ -15,6 +15,14 @@ follows the radiological convention: the patient's right is on the image's left.
 CLI: ``python model/phantoms.py --out DIR --n N --seed S`` writes ``phantom-NNNN.raw``
 (little-endian uint16, round(v*4095), 64x64 row-major) and ``index.json`` (per phantom: finding
 flags, boxes and locations, the report, every question with its answer, and z).
+
+``python model/phantoms.py --out DIR --spec FILE`` renders given phantoms instead (``pacsflow
+synth`` uses it to make DICOM studies with known findings). FILE is JSON: ``{"phantoms":
+[{"seed": S, "flags": [nodule, effusion, fracture], "variants": V}, ...]}``. Phantom i is
+``sample(default_rng(S), flags)``, written as ``phantom-iiii.raw``; each of its V-1 further
+variants is the same phantom slightly blurred (``blur``, drawing from the same rng), written as
+``phantom-iiii-v.raw``. ``index.json`` is as above (its top-level ``seed`` null), each entry
+also holding its ``seed`` and the ``variants`` file names.
 """
 
 import argparse
@@ -338,23 +346,59 @@ def _write_dataset(out, n, seed):
     for i in range(n):
         z, flags, ph = sample(rng)
         name = f"phantom-{i:04d}.raw"
-        pixels = np.round(ph["radiograph"] * 4095).astype("<u2")
-        pixels.tofile(os.path.join(out, name))
-        entries.append({
-            "file": name,
-            "labels": {label: flag for label, flag in zip(LABELS, flags)},
-            "findings": ph["findings"],
-            "report": report(ph["findings"]),
-            "qa": [{"question": q, "answer": answer(q, ph["findings"])} for q in questions()],
-            "z": [float(v) for v in z],
-        })
-    index = {
+        _write_raw(out, name, ph["radiograph"])
+        entries.append(_entry(name, flags, z, ph))
+    with open(os.path.join(out, "index.json"), "w") as f:
+        json.dump(_index(seed, entries), f, indent=1)
+
+
+def _entry(name, flags, z, ph):
+    return {
+        "file": name,
+        "labels": {label: flag for label, flag in zip(LABELS, flags)},
+        "findings": ph["findings"],
+        "report": report(ph["findings"]),
+        "qa": [{"question": q, "answer": answer(q, ph["findings"])} for q in questions()],
+        "z": [float(v) for v in z],
+    }
+
+
+def _index(seed, entries):
+    return {
         "labels": list(LABELS), "rows": SIZE, "columns": SIZE, "bits_stored": 12,
         "dtype": "uint16 little-endian", "photometric": "MONOCHROME2", "value": "round(v*4095), v in [0,1]",
         "box": "normalized y0,x0,y1,x1", "seed": seed, "phantoms": entries,
     }
+
+
+def _write_raw(out, name, image):
+    np.round(image * 4095).astype("<u2").tofile(os.path.join(out, name))
+
+
+def _write_spec(out, spec_path):
+    """Renders the phantoms a spec file asks for (see the module's docstring)."""
+    with open(spec_path) as f:
+        spec = json.load(f)["phantoms"]
+    os.makedirs(out, exist_ok=True)
+    entries = []
+    for i, item in enumerate(spec):
+        flags = tuple(bool(v) for v in item["flags"])
+        if len(flags) != len(LABELS):
+            raise ValueError(f"phantom {i}: {len(flags)} flags, want {len(LABELS)} ({', '.join(LABELS)})")
+        rng = np.random.default_rng(int(item["seed"]))
+        z, flags, ph = sample(rng, flags)
+        name = f"phantom-{i:04d}.raw"
+        _write_raw(out, name, ph["radiograph"])
+        entry = _entry(name, flags, z, ph)
+        entry["seed"] = int(item["seed"])
+        entry["variants"] = []
+        for v in range(1, int(item.get("variants", 1))):
+            variant = f"phantom-{i:04d}-{v}.raw"
+            _write_raw(out, variant, blur(ph["radiograph"], rng))
+            entry["variants"].append(variant)
+        entries.append(entry)
     with open(os.path.join(out, "index.json"), "w") as f:
-        json.dump(index, f, indent=1)
+        json.dump(_index(None, entries), f, indent=1)
 
 
 def main():
@@ -362,8 +406,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spec", help="JSON file naming the phantoms to render (replaces --n and --seed)")
     args = ap.parse_args()
-    _write_dataset(args.out, args.n, args.seed)
+    if args.spec:
+        _write_spec(args.out, args.spec)
+    else:
+        _write_dataset(args.out, args.n, args.seed)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ const upQuiet = 500 * time.Millisecond
 func upArgs(data, backend string, extra ...string) []string {
 	return append([]string{"up", "--data", data, "--storage", backend,
 		"--dicom-addr", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--quiet-period", upQuiet.String(), "--min-free-bytes", "1048576"}, extra...)
+		"--quiet-period", upQuiet.String(), "--min-free-bytes", "1048576", "--model", ""}, extra...)
 }
 
 // restart starts the same command again (new ports).

@@ -22,14 +22,17 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"storescp": {"receive DICOM instances over C-STORE into a folder as Part 10 files", runStoreSCP},
-	"storescu": {"send DICOM Part 10 files over C-STORE", runStoreSCU},
-	"echoscu":  {"verify a DICOM peer with C-ECHO", runEchoSCU},
-	"up":       {"run the pipeline on this machine: embedded NATS JetStream, ingest and the analytics stream", runUp},
-	"ingest":   {"run the ingest service against an external NATS JetStream", runIngest},
-	"events":   {"print the events kept in JetStream, from a time or a sequence, and follow new ones", runEvents},
-	"dlq":      {"list the dead letters (events consumers gave up on) and replay them", runDLQ},
-	"model":    {"inspect a model directory: its signatures and the model contract check", runModel},
+	"storescp":   {"receive DICOM instances over C-STORE into a folder as Part 10 files", runStoreSCP},
+	"storescu":   {"send DICOM Part 10 files over C-STORE", runStoreSCU},
+	"echoscu":    {"verify a DICOM peer with C-ECHO", runEchoSCU},
+	"up":         {"run the pipeline on this machine: embedded NATS JetStream, ingest, understand (the model) and the analytics stream", runUp},
+	"ingest":     {"run the ingest service against an external NATS JetStream", runIngest},
+	"events":     {"print the events kept in JetStream, from a time or a sequence, and follow new ones", runEvents},
+	"dlq":        {"list the dead letters (events consumers gave up on) and replay them", runDLQ},
+	"model":      {"inspect a model directory: its signatures and the model contract check", runModel},
+	"synth":      {"write synthetic DICOM studies with known findings (chest phantoms) and their ground truth", runSynth},
+	"understand": {"run the understand service (findings, draft reports, triage; ai.ask) against an external NATS JetStream", runUnderstand},
+	"ask":        {"ask the understand service a question about an analyzed study", runAsk},
 }
 
 func main() {

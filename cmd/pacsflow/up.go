@@ -32,30 +32,45 @@ import (
 	"github.com/pacsflow/pacsflow/services/analytics"
 	"github.com/pacsflow/pacsflow/services/ingest"
 	"github.com/pacsflow/pacsflow/services/latency"
+	"github.com/pacsflow/pacsflow/services/understand"
 )
 
 // pipelineFlags are the flags of `pacsflow up` and `pacsflow ingest`.
 type pipelineFlags struct {
-	scp                       *listenerFlags
-	data, natsListen, natsURL *string
-	httpAddr, backend, bucket *string
-	replicas                  *int
-	strict                    *bool
-	quiet, maxWait            *time.Duration
-	minFree                   *int64
-	minFreeRatio              *float64
-	maxInstance               *int64
-	streamMaxAge              *time.Duration
-	otlp                      *string
-	sampleRatio               *float64
-	analytics                 *bool
-	analyticsKey, dates       *string
-	level, format             *string
+	scp                 *listenerFlags
+	store               *storageFlags
+	natsListen, natsURL *string
+	httpAddr            *string
+	replicas            *int
+	strict              *bool
+	quiet, maxWait      *time.Duration
+	minFree             *int64
+	minFreeRatio        *float64
+	maxInstance         *int64
+	streamMaxAge        *time.Duration
+	otlp                *string
+	sampleRatio         *float64
+	analytics           *bool
+	analyticsKey, dates *string
+	level, format       *string
+	understand          *understandFlags // only in up
+}
+
+// storageFlags name the store instances are kept in.
+type storageFlags struct {
+	data, backend, bucket *string
+}
+
+func addStorageFlags(fs *flag.FlagSet) *storageFlags {
+	return &storageFlags{
+		data:    fs.String("data", "pacsflow-data", "data folder: the embedded JetStream store (jetstream/) and filesystem storage (instances/)"),
+		backend: fs.String("storage", "objectstore", "where instances are stored: objectstore (NATS JetStream object store) or fs (files under --data/instances)"),
+		bucket:  fs.String("bucket", "pacsflow-instances", "object store bucket"),
+	}
 }
 
 func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
-	f := &pipelineFlags{scp: addListenerFlags(fs, "dicom-addr")}
-	f.data = fs.String("data", "pacsflow-data", "data folder: the embedded JetStream store (jetstream/) and filesystem storage (instances/)")
+	f := &pipelineFlags{scp: addListenerFlags(fs, "dicom-addr"), store: addStorageFlags(fs)}
 	if embedded {
 		f.natsListen = fs.String("nats-listen", "127.0.0.1:4222", "where the embedded NATS server accepts clients (the nats CLI, other services); empty: in-process only")
 		f.natsURL = fs.String("nats-url", "", "use this external NATS server (with JetStream) instead of the embedded one")
@@ -63,8 +78,6 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 		f.natsURL = fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
 	}
 	f.httpAddr = fs.String("http-addr", "127.0.0.1:8080", "HTTP address for /metrics, /healthz and /readyz; empty disables it")
-	f.backend = fs.String("storage", "objectstore", "where instances are stored: objectstore (NATS JetStream object store) or fs (files under --data/instances)")
-	f.bucket = fs.String("bucket", "pacsflow-instances", "object store bucket")
 	f.replicas = fs.Int("replicas", 1, "JetStream replicas of the stream, buckets and object store (3 on a cluster)")
 	f.strict = fs.Bool("strict-durability", false, "fsync before every Success: each file and folder (fs storage), and every JetStream write (embedded server)")
 	f.quiet = fs.Duration("quiet-period", 2*time.Second, "a study is received when its associations ended and nothing came for this long")
@@ -79,6 +92,9 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.analyticsKey = fs.String("analytics-key-file", "", "pseudonymization key (32+ bytes; created with random bytes if missing; every process of a deployment needs the same one); default --data/analytics.key")
 	f.dates = fs.String("analytics-dates", "remove", "dates in analytics events: remove, or shift (consistently per patient)")
 	f.level, f.format = logFlags(fs)
+	if embedded {
+		f.understand = addUnderstandFlags(fs, true)
+	}
 	return f
 }
 
@@ -87,8 +103,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"Runs the pacsflow pipeline on this machine: an embedded NATS server with JetStream, storing\n"+
 			"under --data, and the ingest service: a DICOM C-STORE SCP that stores every instance and\n"+
 			"publishes pacs.instance.stored, pacs.study.received and pacs.study.updated events; the\n"+
-			"de-identified projection of those events on analytics.> (--analytics); and the recorder\n"+
-			"of dead letters (events consumers gave up on, see pacsflow dlq).\n"+
+			"understand service with the model of --model (ai.findings, ai.report.draft, ai.triage\n"+
+			"and ai.ask, see pacsflow understand --help); the de-identified projection of the pacs\n"+
+			"events on analytics.> (--analytics); and the recorder of dead letters (events consumers\n"+
+			"gave up on, see pacsflow dlq).\n"+
 			"It prints where everything listens. Ctrl-C stops accepting associations, lets active ones\n"+
 			"finish (10 s), stops the services, then NATS.", stderr)
 	f := addPipelineFlags(fs, true)
@@ -124,8 +142,14 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	if _, err := f.scp.serverConfig(nil); err != nil {
 		return err
 	}
-	if (embedded && *f.natsURL == "") || *f.backend == "fs" {
-		if err := os.MkdirAll(*f.data, 0o755); err != nil {
+	if f.understand != nil && f.understand.enabled() {
+		if _, err := f.understand.policy(); err != nil {
+			return err
+		}
+	}
+	data := *f.store.data
+	if (embedded && *f.natsURL == "") || *f.store.backend == "fs" {
+		if err := os.MkdirAll(data, 0o755); err != nil {
 			return fmt.Errorf("create data folder: %w", err)
 		}
 	}
@@ -133,7 +157,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	var ns *natsserver.Server
 	var nc *nats.Conn
 	if embedded && *f.natsURL == "" {
-		cfg := natsserver.Config{StoreDir: filepath.Join(*f.data, "jetstream"), Listen: *f.natsListen}
+		cfg := natsserver.Config{StoreDir: filepath.Join(data, "jetstream"), Listen: *f.natsListen}
 		if *f.strict {
 			cfg.SyncInterval = -1
 		}
@@ -146,26 +170,23 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		}
 		nc, err = ns.Connect(nats.MaxReconnects(-1))
 	} else {
-		nc, err = nats.Connect(*f.natsURL, nats.Name("pacsflow-ingest"), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
-			nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }))
+		nc, err = connectNATS(*f.natsURL, "pacsflow-ingest", log)
 		if err == nil {
 			fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
+		return err
 	}
 	defer nc.Close()
 
 	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelSetup()
-	store, bucket, err := openStorage(setup, f, nc)
+	store, bucket, err := f.store.open(setup, nc, *f.replicas, *f.strict)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 	stopTelemetry, err := telemetry.Setup(setup, telemetry.Config{ServiceName: "pacsflow", OTLPEndpoint: *f.otlp, SampleRatio: *f.sampleRatio, Registerer: reg})
 	if err != nil {
 		return err
@@ -179,13 +200,13 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	}()
 	var space func(context.Context) (storage.Space, error)
 	if ns != nil {
-		dir := filepath.Join(*f.data, "jetstream")
+		dir := filepath.Join(data, "jetstream")
 		space = func(context.Context) (storage.Space, error) { return fsstore.DiskSpace(dir) }
 	}
 	streams := events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge}
 	svc, err := ingest.New(setup, ingest.Config{
 		Space:   space,
-		Backend: *f.backend, Bucket: bucket,
+		Backend: *f.store.backend, Bucket: bucket,
 		Stream:      streams,
 		KVReplicas:  *f.replicas,
 		QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
@@ -231,6 +252,23 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	run("study latency recorder", func(ctx context.Context) error {
 		return latency.Run(ctx, js, latency.Config{Stream: streams.StreamName(), Logger: log})
 	})
+	if f.understand != nil && f.understand.enabled() {
+		m, ucfg, err := f.understand.open(setup, store, streams, *f.replicas, reg, log, stdout)
+		if err != nil {
+			return err
+		}
+		usvc, err := understand.New(setup, js, ucfg)
+		if err != nil {
+			m.Close()
+			return err
+		}
+		// The service owns the model: closed once the service stopped.
+		run("understand", func(ctx context.Context) error {
+			defer m.Close()
+			return usvc.Run(ctx)
+		})
+		fmt.Fprintln(stdout, f.understand.describe())
+	}
 	if *f.analytics {
 		acfg, err := f.analyticsConfig(streams, log)
 		if err != nil {
@@ -240,21 +278,17 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		fmt.Fprintf(stdout, "analytics: de-identified events on analytics.> (dates: %s)\n", *f.dates)
 	}
 	if *f.httpAddr != "" {
-		hs, err := startHTTP(*f.httpAddr, reg, svc, log, stdout)
+		hs, err := startHTTP(*f.httpAddr, reg, svc.Ready, log, stdout)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = hs.Shutdown(sctx)
-		}()
+		defer shutdownHTTP(hs)
 	}
 	lns, err := f.scp.listen(stdout)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "storage: %s; study quiet period %s, maximum wait %s\n", describeStorage(*f.backend, bucket, *f.data), *f.quiet, *f.maxWait)
+	fmt.Fprintf(stdout, "storage: %s; study quiet period %s, maximum wait %s\n", describeStorage(*f.store.backend, bucket, data), *f.quiet, *f.maxWait)
 	err = serveDICOM(ctx, srv, lns, log)
 	stopSvc()
 	wg.Wait()
@@ -270,7 +304,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 func (f *pipelineFlags) analyticsConfig(streams events.StreamConfig, log *slog.Logger) (analytics.Config, error) {
 	path := *f.analyticsKey
 	if path == "" {
-		path = filepath.Join(*f.data, "analytics.key")
+		path = filepath.Join(*f.store.data, "analytics.key")
 	}
 	key, err := analytics.LoadOrCreateKey(path)
 	if err != nil {
@@ -291,20 +325,39 @@ func (f *pipelineFlags) analyticsConfig(streams events.StreamConfig, log *slog.L
 	return cfg, nil
 }
 
-func openStorage(ctx context.Context, f *pipelineFlags, nc *nats.Conn) (storage.Store, string, error) {
+// open opens the store; strict syncs every file and folder of fs storage.
+func (f *storageFlags) open(ctx context.Context, nc *nats.Conn, replicas int, strict bool) (storage.Store, string, error) {
 	switch *f.backend {
 	case "fs":
-		s, err := fsstore.New(fsstore.Config{Root: filepath.Join(*f.data, "instances"), Sync: *f.strict})
+		s, err := fsstore.New(fsstore.Config{Root: filepath.Join(*f.data, "instances"), Sync: strict})
 		return s, "", err
 	case "objectstore":
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return nil, "", err
 		}
-		s, err := objstore.New(ctx, js, objstore.Config{Bucket: *f.bucket, Replicas: *f.replicas})
+		s, err := objstore.New(ctx, js, objstore.Config{Bucket: *f.bucket, Replicas: replicas})
 		return s, *f.bucket, err
 	}
 	return nil, "", fmt.Errorf("--storage %q: want objectstore or fs", *f.backend)
+}
+
+// connectNATS connects to an external NATS server, reconnecting forever.
+func connectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	return nc, nil
+}
+
+// newRegistry is a Prometheus registry with the Go runtime's and the process's metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 func describeStorage(backend, bucket, data string) string {
@@ -314,9 +367,10 @@ func describeStorage(backend, bucket, data string) string {
 	return "JetStream object store bucket " + bucket
 }
 
-// startHTTP serves /metrics, /healthz (the process runs), /readyz (it can
-// take instances: broker reachable, storage has room) and /debug/pprof.
-func startHTTP(addr string, reg *prometheus.Registry, svc *ingest.Service, log *slog.Logger, stdout io.Writer) (*http.Server, error) {
+// startHTTP serves /metrics, /healthz (the process runs), /readyz (ready
+// says it can work, e.g. ingest: broker reachable, storage has room; nil:
+// always) and /debug/pprof.
+func startHTTP(addr string, reg *prometheus.Registry, ready func(context.Context) error, log *slog.Logger, stdout io.Writer) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	// Profiles for diagnosing a slow or stuck process; the HTTP address is
@@ -326,7 +380,11 @@ func startHTTP(addr string, reg *prometheus.Registry, svc *ingest.Service, log *
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := svc.Ready(r.Context()); err != nil {
+		if ready == nil {
+			fmt.Fprintln(w, "ready")
+			return
+		}
+		if err := ready(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -344,4 +402,10 @@ func startHTTP(addr string, reg *prometheus.Registry, svc *ingest.Service, log *
 	}()
 	fmt.Fprintf(stdout, "HTTP (metrics, health) listening on http://%s\n", ln.Addr())
 	return hs, nil
+}
+
+func shutdownHTTP(hs *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(ctx)
 }

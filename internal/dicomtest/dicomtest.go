@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/pacsflow/pacsflow/pkg/part10"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
@@ -120,6 +121,16 @@ func (in Instance) DataSet() []byte {
 		b = append(b, e.val...)
 	}
 	return b
+}
+
+// Part10 encodes the instance as a Part 10 file in Explicit VR Little
+// Endian, as storage keeps it.
+func (in Instance) Part10() []byte {
+	b := part10.AppendHeader(nil, &part10.Meta{
+		MediaStorageSOPClassUID: in.SOPClassUID, MediaStorageSOPInstanceUID: in.SOPInstanceUID,
+		TransferSyntaxUID: uid.ExplicitVRLittleEndian, ImplementationClassUID: uid.ImplementationClassUID,
+	})
+	return append(b, in.DataSet()...)
 }
 
 // noisePixels is a 2-row image of pseudo-random bytes, PixelBytes long.

@@ -81,7 +81,10 @@ type AIFindings struct {
 	Generation int `json:"generation"`
 	// Modalities are the study's modalities, sorted; never nil.
 	Modalities []string `json:"modalities"`
-	Model      ModelRef `json:"model"`
+	// FirstReceivedAt is the receipt of the study's first instance, from
+	// the study event: the start of the study's latency.
+	FirstReceivedAt time.Time `json:"first_received_at"`
+	Model           ModelRef  `json:"model"`
 	// Findings has one entry per model label, in the model's order.
 	Findings []Finding `json:"findings"`
 	// NumImages counts the images the model analyzed.
@@ -101,7 +104,10 @@ type AIReportDraft struct {
 	Generation int `json:"generation"`
 	// Modalities are the study's modalities, sorted; never nil.
 	Modalities []string `json:"modalities"`
-	Model      ModelRef `json:"model"`
+	// FirstReceivedAt is the receipt of the study's first instance, from
+	// the study event: the start of the study's latency.
+	FirstReceivedAt time.Time `json:"first_received_at"`
+	Model           ModelRef  `json:"model"`
 	// Text is the draft, decoded from the model's report tokens for the
 	// image with the most probable finding.
 	Text string `json:"text"`
@@ -123,11 +129,41 @@ type AITriage struct {
 	Generation int `json:"generation"`
 	// Modalities are the study's modalities, sorted; never nil.
 	Modalities []string `json:"modalities"`
-	Model      ModelRef `json:"model"`
+	// FirstReceivedAt is the receipt of the study's first instance, from
+	// the study event: the start of the study's latency.
+	FirstReceivedAt time.Time `json:"first_received_at"`
+	Model           ModelRef  `json:"model"`
 	// Level is STAT, URGENT or ROUTINE.
 	Level string `json:"level"`
 	// Score orders studies within a level: the highest finding probability.
 	Score float64 `json:"score"`
 	// Reason says in words what set the level.
 	Reason string `json:"reason"`
+}
+
+// SubjectAIAsk is the subject of the request-reply service that answers
+// questions about an analyzed study (a NATS micro service; replicas share
+// the requests).
+const SubjectAIAsk = "ai.ask"
+
+// AskRequest is the body of a request on ai.ask.
+type AskRequest struct {
+	StudyInstanceUID string `json:"study_instance_uid"`
+	Question         string `json:"question"`
+}
+
+// AskReply is the body of the answer to an AskRequest: the model's answer
+// about the study's key image, the one its draft report is about.
+type AskReply struct {
+	StudyInstanceUID string `json:"study_instance_uid"`
+	// Generation is the generation of the study's analysis that named the
+	// key image.
+	Generation     int    `json:"generation"`
+	SOPInstanceUID string `json:"sop_instance_uid"`
+	Frame          int    `json:"frame"`
+	Question       string `json:"question"`
+	Answer         string `json:"answer"`
+	// MachineGenerated is always true: a radiologist has not reviewed it.
+	MachineGenerated bool     `json:"machine_generated"`
+	Model            ModelRef `json:"model"`
 }

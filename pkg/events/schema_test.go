@@ -154,7 +154,7 @@ func aiFindingList() []events.Finding {
 }
 
 func aiFindings() *events.AIFindings {
-	return &events.AIFindings{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, Model: aiModel(),
+	return &events.AIFindings{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, FirstReceivedAt: receivedAt, Model: aiModel(),
 		Findings: aiFindingList(), NumImages: 2,
 		Skipped:    []events.SkippedInstance{{SOPInstanceUID: studyUID + ".2.1", Reason: "unsupported image: photometric interpretation \"RGB\" is not greyscale"}},
 		Timings:    events.AITimings{Wait: 0.004, Decode: 0.012, Inference: 0.061, Total: 0.08},
@@ -230,12 +230,12 @@ func validExamples() map[string][]example {
 				Findings: []events.Finding{}, Skipped: []events.SkippedInstance{}}},
 		},
 		events.TypeAIReportDraft: {
-			{"every property", &events.AIReportDraft{Study: instanceStored().Study, Generation: 2, Modalities: []string{"CR"}, Model: aiModel(),
+			{"every property", &events.AIReportDraft{Study: instanceStored().Study, Generation: 2, Modalities: []string{"CR"}, FirstReceivedAt: receivedAt, Model: aiModel(),
 				Text: "A nodule is seen in the right upper zone.", MachineGenerated: true, SOPInstanceUID: studyUID + ".1.1", Frame: 1,
 				Findings: aiFindingList()}},
 		},
 		events.TypeAITriage: {
-			{"every property", &events.AITriage{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, Model: aiModel(),
+			{"every property", &events.AITriage{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, FirstReceivedAt: receivedAt, Model: aiModel(),
 				Level: "STAT", Score: 0.97, Reason: "nodule 0.97 ≥ STAT threshold 0.90"}},
 		},
 		events.TypeInstanceStored: {

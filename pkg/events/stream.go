@@ -60,8 +60,11 @@ type DeadLetterLimits struct {
 	Duplicates time.Duration
 }
 
-// Subjects the stream captures.
-var streamSubjects = []string{"pacs.>"}
+// Subjects the stream captures: the archive's events and the model's
+// results, which name the same studies and are kept as long. Not all of
+// ai.>: a stream that captured the requests to ai.ask would answer them
+// with its own acknowledgements.
+var streamSubjects = []string{"pacs.>", SubjectAIFindings + ".>", SubjectAIReportDraft + ".>", SubjectAITriage + ".>"}
 
 func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Name == "" {

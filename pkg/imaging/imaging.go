@@ -47,8 +47,9 @@ var transferSyntaxes = map[string]string{
 	"1.2.840.10008.1.2.4.50": "JPEG Baseline (Process 1)",
 }
 
-// Frame is one greyscale frame in modality units (after Rescale Slope and Intercept), with
-// what the rest of preprocessing needs to know about it.
+// Frame is one greyscale frame in modality units (after Rescale Slope and Intercept, the
+// frame's own in an enhanced multi-frame instance), with what the rest of preprocessing needs
+// to know about it.
 type Frame struct {
 	Rows, Cols int
 	Values     []float32
@@ -56,7 +57,8 @@ type Frame struct {
 	Index, NumberOfFrames int
 	Modality              string
 	Photometric           string
-	// Window is the instance's first VOI window, if it has one.
+	// Window is the frame's first VOI window, if it has one: from its functional groups
+	// (per-frame, else shared) in an enhanced multi-frame instance, else the top level's.
 	Window *model.Window
 }
 
@@ -119,17 +121,81 @@ func frameOf(ds *dicom.Dataset, bigEndian bool) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	slope, intercept := number(ds, tag.RescaleSlope, 1), number(ds, tag.RescaleIntercept, 0)
+	// Enhanced multi-frame IODs (Enhanced CT, MR, XA...) keep the rescale and the window in
+	// the Multi-frame Functional Groups (PS3.3 C.7.6.16), not at the top level: the selected
+	// frame's item of the Per-frame Functional Groups Sequence (item N is frame N+1) overrides
+	// the Shared Functional Groups Sequence, which overrides the top level.
+	perFrame := item(ds.Elements, tag.PerFrameFunctionalGroupsSequence, f.Index)
+	shared := item(ds.Elements, tag.SharedFunctionalGroupsSequence, 0)
+	slope, intercept := 1.0, 0.0
+	for _, els := range sources(perFrame, shared, tag.PixelValueTransformationSequence, ds.Elements) {
+		// Slope and intercept come from the same place: they describe one transformation,
+		// and a default for the one missing is truer to it than the other level's value.
+		s, okS := value(els, tag.RescaleSlope)
+		b, okB := value(els, tag.RescaleIntercept)
+		if okS || okB {
+			if okS {
+				slope = s
+			}
+			if okB {
+				intercept = b
+			}
+			break
+		}
+	}
 	if slope == 0 {
 		slope = 1 // a zero slope is an encoding error; ignoring it keeps the image readable
 	}
 	for i, v := range f.Values {
 		f.Values[i] = float32(float64(v)*slope + intercept)
 	}
-	if c, w := number(ds, tag.WindowCenter, math.NaN()), number(ds, tag.WindowWidth, math.NaN()); !math.IsNaN(c) && w >= 1 {
-		f.Window = &model.Window{Center: c, Width: w}
+	for _, els := range sources(perFrame, shared, tag.FrameVOILUTSequence, ds.Elements) {
+		// A level whose window cannot be used (no centre, a width under 1) is passed over
+		// rather than left windowless, so a damaged per-frame item falls back on the shared one.
+		c, okC := value(els, tag.WindowCenter)
+		w, okW := value(els, tag.WindowWidth)
+		if okC && okW && w >= 1 {
+			f.Window = &model.Window{Center: c, Width: w}
+			break
+		}
 	}
 	return f, nil
+}
+
+// sources returns where the selected frame's attributes of one functional group macro may be,
+// most specific first: the first item of sequence seq (the macro) in the frame's per-frame
+// functional group, then in the shared one, then the top level of the data set. A level
+// that is absent is nil, where lookups find nothing. An array, not a slice, so that it needs
+// no allocation of its own.
+func sources(perFrame, shared []*dicom.Element, seq tag.Tag, top []*dicom.Element) [3][]*dicom.Element {
+	return [3][]*dicom.Element{item(perFrame, seq, 0), item(shared, seq, 0), top}
+}
+
+// item returns the elements of item i of the sequence t in els, or nil where there is none.
+// A damaged instance may have t with another VR, too few items or none: each is only absence
+// here, never a panic; and it only indexes what the parser built, so what it allocates does
+// not grow with what the sequence holds.
+func item(els []*dicom.Element, t tag.Tag, i int) []*dicom.Element {
+	e := find(els, t)
+	if e == nil || e.Value == nil {
+		return nil
+	}
+	items, ok := e.Value.GetValue().([]*dicom.SequenceItemValue)
+	if !ok || i < 0 || i >= len(items) || items[i] == nil {
+		return nil
+	}
+	elems, _ := items[i].GetValue().([]*dicom.Element)
+	return elems
+}
+
+// find returns the element t of els (not looking into sequences), or nil.
+func find(els []*dicom.Element, t tag.Tag) *dicom.Element {
+	for _, e := range els {
+		if e != nil && e.Tag == t {
+			return e
+		}
+	}
+	return nil
 }
 
 // fromNative unpacks the middle frame of native pixel data: Bits Allocated 8, 16 or 32, one
@@ -286,25 +352,35 @@ func text(ds *dicom.Dataset, t tag.Tag) string {
 
 // number reads the first value of an integer or decimal-string element, or def.
 func number(ds *dicom.Dataset, t tag.Tag, def float64) float64 {
-	e, err := ds.FindElementByTag(t)
-	if err != nil {
-		return def
+	if v, ok := value(ds.Elements, t); ok {
+		return v
+	}
+	return def
+}
+
+// value reads the first value of the integer or decimal-string element t of els, and whether
+// there is one. NaN and infinities, which strconv accepts but an IS or DS cannot hold, count
+// as none: one of them in a rescale would make every pixel NaN.
+func value(els []*dicom.Element, t tag.Tag) (float64, bool) {
+	e := find(els, t)
+	if e == nil || e.Value == nil {
+		return 0, false
 	}
 	switch v := e.Value.GetValue().(type) {
 	case []int:
 		if len(v) > 0 {
-			return float64(v[0])
+			return float64(v[0]), true
 		}
 	case []float64:
-		if len(v) > 0 {
-			return v[0]
+		if len(v) > 0 && !math.IsNaN(v[0]) && !math.IsInf(v[0], 0) {
+			return v[0], true
 		}
 	case []string:
 		if len(v) > 0 {
-			if f, err := strconv.ParseFloat(strings.TrimSpace(v[0]), 64); err == nil {
-				return f
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v[0]), 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
+				return f, true
 			}
 		}
 	}
-	return def
+	return 0, false
 }

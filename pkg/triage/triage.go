@@ -77,7 +77,8 @@ func ParsePolicy(s string) (Policy, error) {
 	return p, nil
 }
 
-func (p Policy) threshold(label string) Threshold {
+// Threshold is the threshold the policy sets for label.
+func (p Policy) Threshold(label string) Threshold {
 	if t, ok := p.Thresholds[label]; ok {
 		return t
 	}
@@ -122,7 +123,7 @@ func (p Policy) Assess(findings []Finding, dicomPriority string) Result {
 	})
 	for _, f := range sorted {
 		r.Score = max(r.Score, f.Probability)
-		t := p.threshold(f.Label)
+		t := p.Threshold(f.Label)
 		switch {
 		case f.Probability >= t.Stat:
 			r.Level = max(r.Level, Stat)

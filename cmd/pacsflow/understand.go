@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pacsflow/pacsflow/pkg/batch"
+	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/model"
+	"github.com/pacsflow/pacsflow/pkg/triage"
+	"github.com/pacsflow/pacsflow/services/understand"
+)
+
+// understandFlags are the flags of the understand service, in `pacsflow up`
+// and `pacsflow understand`.
+type understandFlags struct {
+	model, thresholds       *string
+	batchSize, batchWorkers *int
+	batchWait               *time.Duration
+	studies, decoders       *int
+	intraOp, interOp        *int
+	gpuGrowth               *bool
+	ackWait                 *time.Duration
+	maxDeliver              *int
+}
+
+func addUnderstandFlags(fs *flag.FlagSet, optional bool) *understandFlags {
+	modelHelp := "model directory (a SavedModel that fills the model contract, see pacsflow model inspect); the reference model is model/reference of the repository: small, trained on synthetic phantoms only, not for clinical use"
+	if optional {
+		modelHelp += "; empty: run without the understand service"
+	}
+	return &understandFlags{
+		model:        fs.String("model", "model/reference", modelHelp),
+		thresholds:   fs.String("triage-thresholds", "", "triage thresholds per finding, label=URGENT:STAT, comma-separated, e.g. 'nodule=0.5:0.9,*=0.6:0.95' (* sets the default, 0.5:0.9)"),
+		batchSize:    fs.Int("batch-size", 32, "largest model batch: images of all studies in flight share batches"),
+		batchWait:    fs.Duration("batch-wait", 5*time.Millisecond, "how long a batch's first image waits for more before the batch runs"),
+		batchWorkers: fs.Int("batch-workers", 1, "model batches run at once"),
+		studies:      fs.Int("studies", 4, "studies analyzed at once by this process"),
+		decoders:     fs.Int("decoders", 0, "images fetched and decoded at once (0: one per CPU)"),
+		intraOp:      fs.Int("intra-op-threads", 1, "TensorFlow threads per operation (0: one per core); 1 is fastest for the small reference model"),
+		interOp:      fs.Int("inter-op-threads", 1, "TensorFlow operations run at once (0: TensorFlow chooses)"),
+		gpuGrowth:    fs.Bool("gpu-memory-growth", true, "allocate GPU memory as needed rather than all at start-up, so that processes can share a GPU"),
+		ackWait:      fs.Duration("ack-wait", 30*time.Second, "a study whose process stopped answering (crashed, hung) goes to another replica after this long"),
+		maxDeliver:   fs.Int("max-deliver", 5, "attempts at a study before it goes to the dead letters (pacsflow dlq) with its error"),
+	}
+}
+
+// enabled reports whether the service is to run (up runs it when --model is set).
+func (f *understandFlags) enabled() bool { return *f.model != "" }
+
+// policy reads --triage-thresholds, so that a bad value is refused before anything starts.
+func (f *understandFlags) policy() (*triage.Policy, error) {
+	p, err := triage.ParsePolicy(*f.thresholds)
+	if err != nil {
+		return nil, fmt.Errorf("--triage-thresholds: %w", err)
+	}
+	return &p, nil
+}
+
+// open loads the model and returns the service's configuration around it; the caller closes
+// the model.
+func (f *understandFlags) open(ctx context.Context, objects understand.Objects, streams events.StreamConfig, replicas int,
+	reg prometheus.Registerer, log *slog.Logger, stdout io.Writer) (*model.Model, understand.Config, error) {
+	policy, err := f.policy()
+	if err != nil {
+		return nil, understand.Config{}, err
+	}
+	if _, err := os.Stat(*f.model); errors.Is(err, fs.ErrNotExist) {
+		return nil, understand.Config{}, fmt.Errorf("--model %s: no such directory (the reference model is model/reference of the pacsflow repository: run from there, or give --model DIR)", *f.model)
+	}
+	start := time.Now()
+	m, err := model.Open(ctx, *f.model, model.Options{IntraOpThreads: *f.intraOp, InterOpThreads: *f.interOp, GPUMemoryGrowth: *f.gpuGrowth})
+	if err != nil {
+		return nil, understand.Config{}, err
+	}
+	c := m.Contract()
+	fmt.Fprintf(stdout, "model: %s %s from %s, loaded in %v; labels %s; accepts %s\n", c.Model.Name, c.Model.Version, *f.model,
+		time.Since(start).Round(time.Millisecond), strings.Join(c.Labels, ", "), strings.Join(c.Preprocessing.AcceptedModalities, ", "))
+	fmt.Fprintf(stdout, "model intended use: %s\n", c.Model.IntendedUse)
+	return m, understand.Config{
+		Model: m, Objects: objects, Policy: policy,
+		Batch:   batch.Config{MaxSize: *f.batchSize, MaxWait: *f.batchWait, Workers: *f.batchWorkers},
+		Studies: *f.studies, Decoders: *f.decoders,
+		AckWait: *f.ackWait, MaxDeliver: *f.maxDeliver,
+		Streams: streams, KVReplicas: replicas,
+		Source: "pacsflow/understand/" + hostname(), Logger: log, Registerer: reg,
+	}, nil
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}
+
+// describe is the line `up` and `understand` print once the service runs.
+func (f *understandFlags) describe() string {
+	return fmt.Sprintf("understand: results on %s.>, %s.>, %s.>; questions on %s (batches of up to %d, %d studies at once)",
+		events.SubjectAIFindings, events.SubjectAIReportDraft, events.SubjectAITriage, events.SubjectAIAsk, *f.batchSize, *f.studies)
+}
+
+func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("understand --nats-url URL [flags]",
+		"Runs the understand service against an external NATS JetStream: for every study event\n"+
+			"(pacs.study.received, pacs.study.updated) it reads the study's images from storage, runs\n"+
+			"the model on those it accepts, batching images across studies, and publishes ai.findings,\n"+
+			"ai.report.draft and ai.triage; it answers ai.ask requests (pacsflow ask). Run one per GPU\n"+
+			"node: the processes share the work (one durable consumer) and the questions. Storage\n"+
+			"flags must name the store ingest writes to. Results are machine-generated, never reviewed.", stderr)
+	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
+	st := addStorageFlags(fs)
+	replicas := fs.Int("replicas", 1, "JetStream replicas of the analyses bucket (3 on a cluster)")
+	httpAddr := fs.String("http-addr", "127.0.0.1:8081", "HTTP address for /metrics and /healthz; empty disables it")
+	uf := addUnderstandFlags(fs, false)
+	level, format := logFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return err
+	}
+	if _, err := uf.policy(); err != nil {
+		return err
+	}
+	nc, err := connectNATS(*natsURL, "pacsflow-understand", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	store, _, err := st.open(setup, nc, *replicas, false)
+	if err != nil {
+		return err
+	}
+	reg := newRegistry()
+	streams := events.StreamConfig{Replicas: *replicas}
+	m, cfg, err := uf.open(ctx, store, streams, *replicas, reg, log, stdout)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	svc, err := understand.New(setup, js, cfg)
+	if err != nil {
+		return err
+	}
+	if *httpAddr != "" {
+		hs, err := startHTTP(*httpAddr, reg, nil, log, stdout)
+		if err != nil {
+			return err
+		}
+		defer shutdownHTTP(hs)
+	}
+	fmt.Fprintln(stdout, uf.describe())
+	err = svc.Run(ctx)
+	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		log.Warn("draining the NATS connection", "err", derr)
+	}
+	log.Info("stopped")
+	return err
+}
