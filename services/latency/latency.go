@@ -5,10 +5,11 @@
 // the time of the event that marks the stage, both read from the events
 // themselves: the record is the same whichever process or replica
 // published them, and a consumer that lags behind does not inflate it.
-// The pipeline's stages are received → completed → inferred → triaged →
-// on worklist; each stage's event must carry the study's first receipt.
-// pacsflow publishes the events of the completed stage now
-// (pacs.study.received); the understand and notify services add theirs.
+// The pipeline's stages are received → completed (pacs.study.received) →
+// inferred (ai.findings) → triaged (ai.triage) → on worklist; each stage's
+// event carries the study's first receipt. Only a study's first result is
+// timed: the results for a pacs.study.updated (generation 2 and on) come
+// after instances that arrived late, not after the first receipt.
 package latency
 
 import (
@@ -31,21 +32,19 @@ type stage struct {
 	name      string
 	eventType string
 	subjects  string
-	// firstReceived reads the receipt of the study's first instance from
-	// the event's data.
-	firstReceived func(data json.RawMessage) (time.Time, error)
 }
 
 var stages = []stage{
-	{name: "completed", eventType: events.TypeStudyReceived, subjects: events.SubjectStudyReceived + ".>", firstReceived: studyFirstReceived},
+	{name: "completed", eventType: events.TypeStudyReceived, subjects: events.SubjectStudyReceived + ".>"},
+	{name: "inferred", eventType: events.TypeAIFindings, subjects: events.SubjectAIFindings + ".>"},
+	{name: "triaged", eventType: events.TypeAITriage, subjects: events.SubjectAITriage + ".>"},
 }
 
-func studyFirstReceived(data json.RawMessage) (time.Time, error) {
-	var d events.StudyReceived
-	if err := json.Unmarshal(data, &d); err != nil {
-		return time.Time{}, err
-	}
-	return d.FirstReceivedAt, nil
+// timing is what the recorder reads of a stage's event data: the data of
+// every stage's event type has these two fields.
+type timing struct {
+	FirstReceivedAt time.Time `json:"first_received_at"`
+	Generation      int       `json:"generation"`
 }
 
 // Config configures the recorder.
@@ -81,7 +80,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	}
 	hist, err := cfg.MeterProvider.Meter("github.com/pacsflow/pacsflow/services/latency").Float64Histogram(
 		"pacsflow_study_latency", metric.WithUnit("s"),
-		metric.WithDescription("Time from the receipt of a study's first instance to the event of each stage it reached (completed: its study event)."),
+		metric.WithDescription("Time from the receipt of a study's first instance to the event of each stage it reached: completed (pacs.study.received), inferred (ai.findings), triaged (ai.triage)."),
 		metric.WithExplicitBucketBoundaries(.5, 1, 2, 2.5, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600))
 	if err != nil {
 		return fmt.Errorf("study latency histogram: %w", err)
@@ -103,10 +102,14 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		if !ok {
 			return nil // another version of a stage's event: not this recorder's to time
 		}
-		first, err := s.firstReceived(d.Event.Data)
-		if err != nil {
+		var tm timing
+		if err := json.Unmarshal(d.Event.Data, &tm); err != nil {
 			return events.Poison(fmt.Errorf("event %s: %w", d.Event.ID, err))
 		}
+		if tm.Generation > 1 {
+			return nil
+		}
+		first := tm.FirstReceivedAt
 		if first.IsZero() || d.Event.Time.IsZero() {
 			return events.Poison(fmt.Errorf("event %s: no time or first receipt to time the %s stage", d.Event.ID, s.name))
 		}

@@ -2,9 +2,11 @@ package latency
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -115,4 +117,69 @@ func TestRecordsStudyLatencyFromEvents(t *testing.T) {
 	if p := histogram(t, reader)["completed"]; p.Count != 2 {
 		t.Errorf("completed: %d studies recorded, want 2", p.Count)
 	}
+}
+
+// The model's results time the inferred and triaged stages; the results
+// for a study update (generation 2) are not timed from the first receipt.
+func TestRecordsResultStages(t *testing.T) {
+	js := natstest.Start(t, natsserver.Config{}).JS
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := events.Provision(ctx, js, events.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		done <- Run(runCtx, js, Config{MeterProvider: mp, now: func() time.Time { return start }})
+	}()
+	defer func() { stop(); <-done }()
+
+	t0 := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	pub := events.NewPublisher(js, "test")
+	for gen := 1; gen <= 2; gen++ {
+		id := "/1.2.3/" + string(rune('0'+gen))
+		for _, e := range []*events.Event{
+			{ID: "f" + id, Type: events.TypeAIFindings, Time: t0.Add(time.Duration(gen) * 4 * time.Second),
+				NATSSubject: events.StudySubject(events.SubjectAIFindings, []string{"CR"}, "PACSFLOW"),
+				Data:        &events.AIFindings{FirstReceivedAt: t0, Generation: gen}},
+			{ID: "t" + id, Type: events.TypeAITriage, Time: t0.Add(time.Duration(gen) * 5 * time.Second),
+				NATSSubject: events.AITriageSubject("ROUTINE", []string{"CR"}, "PACSFLOW"),
+				Data:        &events.AITriage{FirstReceivedAt: t0, Generation: gen}},
+		} {
+			if _, err := pub.Publish(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Once the consumer has settled all four events, only generation 1 is
+	// recorded.
+	for {
+		ci, err := consumerInfo(ctx, js)
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Fatal(err)
+		}
+		if err == nil && ci.NumPending == 0 && ci.NumAckPending == 0 && ci.Delivered.Stream > 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consumer did not settle within 30 s: %+v", ci)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h := histogram(t, reader)
+	if h["inferred"].Count != 1 || h["triaged"].Count != 1 || h["inferred"].Sum != 4 || h["triaged"].Sum != 5 {
+		t.Errorf("inferred %d studies, %v s; triaged %d, %v s; want one each, 4 s and 5 s", h["inferred"].Count, h["inferred"].Sum, h["triaged"].Count, h["triaged"].Sum)
+	}
+}
+
+func consumerInfo(ctx context.Context, js jetstream.JetStream) (*jetstream.ConsumerInfo, error) {
+	cons, err := js.Consumer(ctx, events.StreamConfig{}.StreamName(), "study-latency")
+	if err != nil {
+		return nil, err
+	}
+	return cons.Info(ctx)
 }
