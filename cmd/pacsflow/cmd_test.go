@@ -413,6 +413,10 @@ func TestHelp(t *testing.T) {
 		{[]string{"events", "--help"}, []string{"Usage: pacsflow events", "tail"}},
 		{[]string{"events", "tail", "--help"}, []string{"Usage: pacsflow events tail", "-since", "-seq", "-json", "-follow"}},
 		{[]string{"dlq", "--help"}, []string{"Usage: pacsflow dlq", "list", "replay"}},
+		{[]string{"up", "--help"}, []string{"ai.findings", "-model", "-triage-thresholds", "-batch-size", "-batch-wait", "not for clinical use"}},
+		{[]string{"understand", "--help"}, []string{"Usage: pacsflow understand", "ai.triage", "ai.ask", "-nats-url", "-model", "-studies",
+			"-decoders", "-ack-wait", "-max-deliver", "-storage", "machine-generated"}},
+		{[]string{"ask", "--help"}, []string{"Usage: pacsflow ask", "STUDY_INSTANCE_UID QUESTION", "key image", "-nats-url", "-json"}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			p := start(t, bin, c.args...)

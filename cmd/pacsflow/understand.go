@@ -124,6 +124,7 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
 	st := addStorageFlags(fs)
 	replicas := fs.Int("replicas", 1, "JetStream replicas of the analyses bucket (3 on a cluster)")
+	maxAge := fs.Duration("events-max-age", 0, "keep each study's analysis this long (as the events stream keeps events: give ingest's --events-max-age); 0 keeps them")
 	httpAddr := fs.String("http-addr", "127.0.0.1:8081", "HTTP address for /metrics and /healthz; empty disables it")
 	uf := addUnderstandFlags(fs, false)
 	level, format := logFlags(fs)
@@ -154,7 +155,7 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	reg := newRegistry()
-	streams := events.StreamConfig{Replicas: *replicas}
+	streams := events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge}
 	m, cfg, err := uf.open(ctx, store, streams, *replicas, reg, log, stdout)
 	if err != nil {
 		return err

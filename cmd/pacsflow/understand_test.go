@@ -268,3 +268,22 @@ func TestUnderstandKilled(t *testing.T) {
 	}
 	up.interrupt(t)
 }
+
+// TestUnderstandRefusesBadSettings: settings that cannot work are refused
+// before anything starts, with the reason.
+func TestUnderstandRefusesBadSettings(t *testing.T) {
+	bin := buildPacsflow(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"understand", "--triage-thresholds", "nodule=0.9:0.5"}, "--triage-thresholds: triage threshold \"nodule=0.9:0.5\": want 0 ≤ URGENT ≤ STAT"},
+		{append(upArgs(t.TempDir(), "fs"), "--model", referenceModel(t), "--triage-thresholds", "nodule"), "--triage-thresholds"},
+		{append(upArgs(t.TempDir(), "fs"), "--model", "/nonexistent/model"), "--model /nonexistent/model: no such directory"},
+	} {
+		p := start(t, bin, c.args...)
+		if err := p.wait(t); exitCode(err) != 1 || !strings.Contains(p.stderr.String(), c.want) {
+			t.Errorf("pacsflow %s: %v, want exit 1 saying %q\n%s", strings.Join(c.args, " "), err, c.want, p.stderr.String())
+		}
+	}
+}

@@ -257,7 +257,7 @@ func grepLines(s, sub string) string {
 // for DICOM, pointing to --allow; with an allow-list it starts.
 func TestUpRefusesNonLoopback(t *testing.T) {
 	bin := buildPacsflow(t)
-	args := []string{"up", "--data", t.TempDir(), "--dicom-addr", "0.0.0.0:0", "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
+	args := []string{"up", "--data", t.TempDir(), "--dicom-addr", "0.0.0.0:0", "--nats-listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--model", ""}
 	p := start(t, bin, args...)
 	err := p.wait(t)
 	if code := exitCode(err); code == 0 || code == -1 {

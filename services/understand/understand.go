@@ -187,8 +187,11 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		Bucket:      cfg.Bucket,
 		Description: "pacsflow understand: the analysis of each study generation, per model",
 		History:     1,
-		Replicas:    cfg.KVReplicas,
-		Storage:     jetstream.FileStorage,
+		// An analysis is needed as long as its study's events are kept:
+		// for the study's next generation and for ai.ask.
+		TTL:      cfg.Streams.MaxAge,
+		Replicas: cfg.KVReplicas,
+		Storage:  jetstream.FileStorage,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("understand: bucket %s: %w", cfg.Bucket, err)

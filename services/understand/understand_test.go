@@ -544,4 +544,3 @@ func waitCounter(t *testing.T, reg *prometheus.Registry, name, outcome string, w
 		return false
 	})
 }
-
