@@ -261,27 +261,48 @@ class PacsflowNet(tf.Module):
     def greedy(self, cache, task, length):
         """Greedy decoding with a fixed [B,length] buffer; pad after the first eos.
 
+        Incremental: each step runs only the newest token through the blocks. It attends to
+        the prefix cache and to the keys and values of the tokens generated before it, which
+        per-layer [B,length,d] buffers keep (written with one-hot masks, so every shape is
+        fixed). That is what ``text`` computes for the newest token, as in training, without
+        recomputing the earlier tokens at every step: ``length`` times less work per step.
+
         Shapes inside the loop derive from its own tensors only (no captured batch size), so
         XLA and the StableHLO converter see static shapes.
         """
         banned = tf.one_hot([PAD_ID, BOS_ID, UNK_ID], self.vocab_size)
         banned = tf.reduce_sum(banned, axis=0) * -1e9
+        prefix_len = cache[0][0].shape[1]
 
-        def step(i, out, done):
+        def step(i, out, done, buffers):
             inputs = tf.pad(out[:, :-1], [[0, 0], [1, 0]], constant_values=BOS_ID)
             at_i = tf.one_hot(i, length)
-            features = tf.einsum("btd,t->bd", self.text(inputs, cache, task), at_i)
+            y = tf.einsum("btd,t->bd", self.embed_text(inputs, 2), at_i)[:, None, :]
+            # Keys: the prefix, the buffer (tokens before i only), then the token itself,
+            # which the block appends.
+            earlier = tf.cast(tf.range(length) < i, tf.float32)
+            allowed = tf.concat([tf.ones([prefix_len]), earlier, tf.ones([1])], axis=0)
+            mask = (1.0 - allowed) * -1e9
+            write = at_i[None, :, None]
+            updated = []
+            for block, (pk, pv), (bk, bv) in zip(self.blocks, cache, buffers):
+                y, (k, v) = block(y, block.merged(task), prefix_kv=(tf.concat([pk, bk], axis=1),
+                                                                    tf.concat([pv, bv], axis=1)),
+                                  mask=mask)
+                updated.append((bk * (1.0 - write) + k * write, bv * (1.0 - write) + v * write))
+            features = self.final_norm(y)[:, 0]
             token = tf.cast(tf.argmax(self.logits(features) + banned, axis=-1), tf.int32)
             token = tf.where(done, PAD_ID, token)
-            write = tf.cast(at_i, tf.int32)[None, :]
-            out = out * (1 - write) + token[:, None] * write
-            return i + 1, out, tf.logical_or(done, tf.equal(token, EOS_ID))
+            column = tf.cast(at_i, tf.int32)[None, :]
+            out = out * (1 - column) + token[:, None] * column
+            return i + 1, out, tf.logical_or(done, tf.equal(token, EOS_ID)), updated
 
         column = tf.zeros_like(cache[0][0][:, :1, 0], dtype=tf.int32)  # [B,1], batch-shaped
+        empty = tf.zeros_like(cache[0][0][:, :1, :]) + tf.zeros([1, length, 1])  # [B,length,d]
         start = (tf.constant(0), column + tf.zeros([1, length], tf.int32),
-                 tf.zeros_like(column[:, 0], dtype=tf.bool))
-        _, out, _ = tf.while_loop(lambda i, out, done: i < length, step, start,
-                                  maximum_iterations=length)
+                 tf.zeros_like(column[:, 0], dtype=tf.bool), [(empty, empty) for _ in self.blocks])
+        _, out, _, _ = tf.while_loop(lambda i, out, done, buffers: i < length, step, start,
+                                     maximum_iterations=length)
         return out
 
     # --- understanding ----------------------------------------------------------------------

@@ -102,13 +102,20 @@ func (b *Batcher[In, Out]) Run(ctx context.Context) error {
 		start := time.Now()
 		pending := []request[In, Out]{first}
 		timer := time.NewTimer(b.cfg.MaxWait)
-	collect:
-		for len(pending) < b.cfg.MaxSize {
+		// Until MaxWait passes the batch only collects. Then it runs as soon as a worker is
+		// free, and while every worker is busy it keeps taking requests up to MaxSize: under
+		// load the batches are as large as the queue, not what came within MaxWait.
+		expired := timer.C
+		var free chan<- struct{}
+		claimed := false // a worker's slot
+		for !claimed && len(pending) < b.cfg.MaxSize {
 			select {
 			case r := <-b.queue:
 				pending = append(pending, r)
-			case <-timer.C:
-				break collect
+			case <-expired:
+				expired, free = nil, slots
+			case free <- struct{}{}:
+				claimed = true
 			case <-ctx.Done():
 				timer.Stop()
 				for _, r := range pending {
@@ -118,9 +125,9 @@ func (b *Batcher[In, Out]) Run(ctx context.Context) error {
 			}
 		}
 		timer.Stop()
-		// Wait for a free worker: while all are busy, requests queue up in Do and the next
-		// batch fills, which is what batching is for.
-		slots <- struct{}{}
+		if !claimed {
+			slots <- struct{}{}
+		}
 		wg.Go(func() {
 			defer func() { <-slots }()
 			b.runBatch(ctx, pending, start)

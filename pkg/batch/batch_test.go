@@ -10,12 +10,16 @@ import (
 
 // double is a batch function that records the batch sizes it saw.
 type double struct {
-	mu    sync.Mutex
-	sizes []int
-	gate  chan struct{} // when not nil, each batch waits for a value
+	mu      sync.Mutex
+	sizes   []int
+	gate    chan struct{} // when not nil, each batch waits for a value
+	started chan int      // when not nil, receives each batch's size as it starts
 }
 
 func (d *double) run(_ context.Context, in []int) ([]int, error) {
+	if d.started != nil {
+		d.started <- len(in)
+	}
 	if d.gate != nil {
 		<-d.gate
 	}
@@ -142,5 +146,46 @@ func TestStopped(t *testing.T) {
 	}
 	if _, err := New(Config{MaxSize: 0, Workers: 1}, (&double{}).run, nil); err == nil {
 		t.Error("MaxSize 0 accepted")
+	}
+}
+
+// While the only worker is busy, the next batch takes every request that
+// queues, beyond MaxWait, up to MaxSize.
+func TestBatchGrowsWhileWorkersAreBusy(t *testing.T) {
+	d := &double{gate: make(chan struct{}), started: make(chan int, 4)}
+	b, err := New(Config{MaxSize: 8, MaxWait: time.Millisecond, Workers: 1}, d.run, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, b)
+	var replies []chan result[int]
+	send := func(v int) {
+		r := request[int, int]{ctx: context.Background(), in: v, reply: make(chan result[int], 1)}
+		select {
+		case b.queue <- r: // Run has taken it
+		case <-time.After(10 * time.Second):
+			t.Fatalf("request %d not taken in 10 s: the batcher stopped collecting while its worker was busy", v)
+		}
+		replies = append(replies, r.reply)
+	}
+	send(0)
+	if n := <-d.started; n != 1 {
+		t.Fatalf("first batch of %d, want 1", n)
+	}
+	send(1)
+	// Past MaxWait: the second batch is due, but the worker is busy.
+	time.Sleep(20 * time.Millisecond)
+	for v := 2; v <= 5; v++ {
+		send(v)
+	}
+	d.gate <- struct{}{} // the first batch ends; the worker is free
+	if n := <-d.started; n != 5 {
+		t.Errorf("second batch of %d, want the 5 requests that queued meanwhile", n)
+	}
+	d.gate <- struct{}{}
+	for i, c := range replies {
+		if r := <-c; r.err != nil || r.out != 2*i {
+			t.Errorf("request %d: %+v", i, r)
+		}
 	}
 }

@@ -3,6 +3,7 @@
 package model
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -435,6 +437,39 @@ func TestTrainingSmoke(t *testing.T) {
 	}
 	if _, err := m.Generate(context.Background(), []GenerateRequest{{Task: "convert", Source: &blank}}); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestReexport: model/reexport.py exports the reference model again with the current network
+// code; the weights are the committed ones and the results are the reference model's.
+func TestReexport(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "reexported")
+	python(t, "reexport.py", "--from", referenceDir(t), "--out", dir)
+	weights := filepath.Join("variables", "variables.data-00000-of-00001")
+	a, errA := os.ReadFile(filepath.Join(referenceDir(t), weights))
+	b, errB := os.ReadFile(filepath.Join(dir, weights))
+	if errA != nil || errB != nil || !bytes.Equal(a, b) {
+		t.Errorf("re-exported weights differ from the reference's (%v, %v)", errA, errB)
+	}
+	m, err := Open(context.Background(), dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	images := []Image{{Pixels: make([]float32, 64*64)}, {Pixels: make([]float32, 64*64)}}
+	for i := range images[1].Pixels {
+		images[1].Pixels[i] = float32(i%64) / 64
+	}
+	got, err := m.Understand(context.Background(), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := openReference(t).Understand(context.Background(), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("re-exported model: %+v\nreference: %+v", got, want)
 	}
 }
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The understand service, in one process on this machine: the reference model through
+# TensorFlow, an embedded NATS JetStream server in a temporary folder, the instances in its
+# object store (bench/understand/main.go; --help lists its flags):
+#
+#   bench/understand.sh [FLAGS]       e.g. --studies 16, --decoders 1, --size 1024
+#
+# Writes synthetic CR and DX studies (pkg/synth, the Python phantom generator), then measures
+# decode+preprocess rates (pkg/imaging), the model alone at batch 1, 8 and 32, the throughput
+# of a backlog of 40 studies × 8 images with batch 1 and with dynamic batching (target:
+# dynamic ≥ 3× batch 1), and the latency of 20 studies × 50 images sent one at a time to an
+# idle service, publish → ai.triage received (target: p95 ≤ 1 s). About a minute on 2 cores.
+# The whole output is kept in bench/out/understand.txt; a summary follows it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+need_go
+need_tensorflow
+export TF_CPP_MIN_LOG_LEVEL=2
+mkdir -p bench/out
+go build -o bench/out/understand-bench ./bench/understand
+echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
+bench/out/understand-bench "$@" | tee bench/out/understand.txt
+grep -q '^RESULT ' bench/out/understand.txt || exit 0 # --help
+echo
+echo "== summary"
+awk '
+  /^RESULT / {
+    delete kv
+    for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+    t = kv["test"]
+    if (t == "setup")
+      printf "%s CPUs, load %s at start; model threads intra-op %s, inter-op %s; %s studies at once, %s decoders, %s batch worker(s); %sx%s images\n",
+        kv["cpus"], kv["load_start"], kv["intra_op"], kv["inter_op"], kv["studies"], kv["decoders"], kv["workers"], kv["size"], kv["size"]
+    else if (t == "decode" || t == "fetch_decode")
+      printf "%-40s %8s images/s\n", (t == "decode" ? "decode+preprocess, " : "fetch+decode+preprocess, ") kv["goroutines"] " goroutine(s)", kv["images_per_s"]
+    else if (t == "model")
+      printf "%-40s %8s images/s (%s ms a batch)\n", "model alone, batch " kv["batch"], kv["images_per_s"], kv["ms_per_batch"]
+    else if (t == "throughput")
+      printf "%-40s %8s images/s, %s studies/s, mean batch %s, model busy %s\n", "pipeline backlog, " kv["mode"], kv["images_per_s"], kv["studies_per_s"], kv["mean_batch"], kv["model_busy"]
+    else if (t == "throughput_ratio")
+      printf "%-40s %8s×     (target ≥ %s×: %s; the model alone gains %s× from batch 1 to the largest)\n", "dynamic / batch 1", kv["ratio"], kv["target"],
+        (kv["met"] == "true" ? "met" : "NOT MET"), kv["model_ratio"]
+    else if (t == "latency")
+      printf "%-40s p50 %s ms, p95 %s ms, max %s ms (target p95 ≤ %s ms: %s)\n%-40s wait %s ms, decode %s ms, inference %s ms, total %s ms\n",
+        "latency, " kv["studies"] " studies × " kv["images"] " images", kv["p50_ms"], kv["p95_ms"], kv["max_ms"], kv["target_p95_ms"], (kv["met"] == "true" ? "met" : "NOT MET"),
+        "  ai.findings timings, mean", kv["wait_ms"], kv["decode_ms"], kv["inference_ms"], kv["total_ms"]
+    else if (t == "end")
+      printf "load %s at the end\n", kv["load_end"]
+  }' bench/out/understand.txt
