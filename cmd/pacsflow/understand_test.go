@@ -31,8 +31,8 @@ func referenceModel(t *testing.T) string {
 
 // synthStudies writes n studies with `pacsflow synth` (half with one
 // finding, half without; 2 CR, 2 DX and one CT image each, 256×256) and
-// returns their files and ground truth.
-func synthStudies(t *testing.T, bin string, n int) ([]string, *synth.Truth) {
+// returns their folder, files and ground truth.
+func synthStudies(t *testing.T, bin string, n int) (string, []string, *synth.Truth) {
 	t.Helper()
 	py := os.Getenv("PACSFLOW_PYTHON")
 	if py == "" {
@@ -55,7 +55,7 @@ func synthStudies(t *testing.T, bin string, n int) ([]string, *synth.Truth) {
 			files = append(files, filepath.Join(dir, f.Path))
 		}
 	}
-	return files, &truth
+	return dir, files, &truth
 }
 
 // aiResults are the results of the studies, by study, from the stream.
@@ -101,7 +101,7 @@ func TestUnderstandEndToEnd(t *testing.T) {
 	requireTools(t, "storescu")
 	bin := buildPacsflow(t)
 	const n = 24
-	files, truth := synthStudies(t, bin, n)
+	dir, files, truth := synthStudies(t, bin, n)
 	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore", "--model", referenceModel(t))...)
 	js := connectJS(t, up.natsURL)
 	storeSCU(t, up.dicomAddr, files).mustSucceed(t)
@@ -211,6 +211,40 @@ func TestUnderstandEndToEnd(t *testing.T) {
 	if err := unknown.wait(t); exitCode(err) != 1 || !strings.Contains(unknown.stderr.String(), "study 1.2.3 has not been analyzed") {
 		t.Errorf("ask about an unknown study: %v\n%s", err, unknown.stderr.String())
 	}
+
+	// A late image with a finding, added to a study without one (DCMTK's dcmodify gives
+	// it the study's UID, a new series and SOP Instance UID): pacs.study.updated, then a
+	// generation 2 result for the whole study that supersedes the first.
+	requireTools(t, "dcmodify")
+	var clean, withFinding *synth.Study
+	for i := range truth.Studies {
+		if s := &truth.Studies[i]; s.HasFindings() && withFinding == nil {
+			withFinding = s
+		} else if !s.HasFindings() && clean == nil {
+			clean = s
+		}
+	}
+	late := filepath.Join(t.TempDir(), "late.dcm")
+	b, err := os.ReadFile(filepath.Join(dir, withFinding.Files[0].Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(late, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start(t, "dcmodify", "-nb", "-m", "(0020,000D)="+clean.StudyInstanceUID, "-m", "(0020,000E)="+clean.StudyInstanceUID+".99",
+		"-m", "(0008,0018)="+clean.StudyInstanceUID+".99.1", late).mustSucceed(t)
+	storeSCU(t, up.dicomAddr, []string{late}).mustSucceed(t)
+	evs := waitEvents(t, js, "the updated study's triage", countType(events.TypeAITriage, n+1))
+	res = readResults(t, evs)
+	f, tr := res.findings[clean.StudyInstanceUID], res.triages[clean.StudyInstanceUID]
+	if len(f) != 2 || len(tr) != 2 {
+		t.Fatalf("study %s after a late image: %d findings and %d triage events, want 2 each", clean.StudyInstanceUID, len(f), len(tr))
+	}
+	if f[1].Generation != 2 || f[1].NumImages != 5 || tr[1].Generation != 2 || tr[0].Level != "ROUTINE" || tr[1].Level == "ROUTINE" {
+		t.Errorf("generation 2 of %s: %d images, triage %s (was %s); want 5 images and the late finding raising the level",
+			clean.StudyInstanceUID, f[1].NumImages, tr[1].Level, tr[0].Level)
+	}
 	up.interrupt(t)
 }
 
@@ -243,7 +277,7 @@ func TestUnderstandKilled(t *testing.T) {
 	requireTools(t, "storescu")
 	bin := buildPacsflow(t)
 	const n = 12
-	files, truth := synthStudies(t, bin, n)
+	_, files, truth := synthStudies(t, bin, n)
 	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore")...)
 	js := connectJS(t, up.natsURL)
 	storeSCU(t, up.dicomAddr, files).mustSucceed(t)
