@@ -238,6 +238,18 @@ func validExamples() map[string][]example {
 			{"every property", &events.AITriage{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, FirstReceivedAt: receivedAt, Model: aiModel(),
 				Level: "STAT", Score: 0.97, Reason: "nodule 0.97 ≥ STAT threshold 0.90"}},
 		},
+		events.TypeAugmentationRequested: {
+			{"every property", &events.AugmentationRequested{RequestID: "req-1", StudyInstanceUID: studyUID, SOPInstanceUID: studyUID + ".1.1",
+				Task: "restore", Prompt: "nodule", Count: 4, Seed: 7, RequestedBy: "cli", RequestedAt: receivedAt}},
+			{"required properties", &events.AugmentationRequested{RequestID: "r", StudyInstanceUID: "2.25.1", Task: "synthesize", Count: 1}},
+		},
+		events.TypeAugmentationGenerated: {
+			{"every property", &events.AugmentationGenerated{RequestID: "req-1", Task: "restore", Prompt: "nodule",
+				SourceStudyInstanceUID: studyUID, SourceSOPInstanceUID: studyUID + ".1.1", StudyInstanceUID: "2.25.42",
+				Objects: []events.GeneratedObject{{SOPInstanceUID: "2.25.42.1.1", SeriesInstanceUID: "2.25.42.1", Seed: 7,
+					Object: events.StoredObject{Backend: "objectstore", Bucket: "pacsflow-instances", Key: "2.25.42/2.25.42.1/2.25.42.1.1.v1", Size: 9000, SHA256: digest}}},
+				Model: aiModel(), Synthetic: true, GeneratedAt: receivedAt}},
+		},
 		events.TypeInstanceStored: {
 			{"every property", instanceStored()},
 			{"required properties", &events.InstanceStored{Study: events.Study{StudyInstanceUID: "0"}, SeriesInstanceUID: "0.0", SOPClassUID: "1.2",
@@ -410,7 +422,20 @@ func TestValidateDataRejectsInvalid(t *testing.T) {
 		{"score below 0", "score", -0.5, "/score", "minimum"},
 		{"missing reason", "reason", remove{}, "", "missing property 'reason'"},
 	}
+	augmentationRequestedInvalid := []invalid{
+		{"unknown task", "task", "colourize", "/task", "value must be one of 'convert', 'restore', 'synthesize'"},
+		{"count 0", "count", 0, "/count", "minimum"},
+		{"negative seed", "seed", -1, "/seed", "minimum"},
+		{"missing study", "study_instance_uid", remove{}, "", "missing property 'study_instance_uid'"},
+	}
+	augmentationGeneratedInvalid := []invalid{
+		{"not synthetic", "synthetic", false, "/synthetic", "value must be true"},
+		{"no objects", "objects", []any{}, "/objects", "minItems"},
+		{"missing model", "model", remove{}, "", "missing property 'model'"},
+	}
 	cases := map[string][]invalid{
+		events.TypeAugmentationRequested:   augmentationRequestedInvalid,
+		events.TypeAugmentationGenerated:   augmentationGeneratedInvalid,
 		events.TypeInstanceStored:          instance,
 		events.TypeStudyReceived:           study,
 		events.TypeStudyUpdated:            study,

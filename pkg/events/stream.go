@@ -64,7 +64,7 @@ type DeadLetterLimits struct {
 // results, which name the same studies and are kept as long. Not all of
 // ai.>: a stream that captured the requests to ai.ask would answer them
 // with its own acknowledgements.
-var streamSubjects = []string{"pacs.>", SubjectAIFindings + ".>", SubjectAIReportDraft + ".>", SubjectAITriage + ".>"}
+var streamSubjects = []string{"pacs.>", SubjectAIFindings + ".>", SubjectAIReportDraft + ".>", SubjectAITriage + ".>", "ai.augmentation.>"}
 
 func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Name == "" {

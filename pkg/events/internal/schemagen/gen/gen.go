@@ -63,6 +63,12 @@ var constraints = map[string]map[string]any{
 	"decode":            {"minimum": 0},
 	"inference":         {"minimum": 0},
 	"total":             {"minimum": 0},
+	// The generate service.
+	"task":      {"enum": []string{"convert", "restore", "synthesize"}},
+	"count":     {"minimum": 1, "maximum": 64},
+	"synthetic": {"const": true},
+	"seed":      {"minimum": 0, "maximum": 1 << 53},
+	"objects":   {"minItems": 1},
 	// A study event without a new instance is never published.
 	"series":    {"minItems": 1},
 	"instances": {"minItems": 1},
