@@ -7,11 +7,11 @@ need_go() {
 }
 
 need_dcmtk() {
-  if ! command -v storescp >/dev/null || ! command -v dcmodify >/dev/null; then
-    echo "== installing dcmtk"
+  if ! command -v storescp >/dev/null || ! command -v dcmodify >/dev/null || ! command -v dciodvfy >/dev/null; then
+    echo "== installing dcmtk, dicom3tools"
     local sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk dicom3tools >/dev/null
   fi
 }
 

@@ -33,6 +33,7 @@ var commands = map[string]command{
 	"synth":      {"write synthetic DICOM studies with known findings (chest phantoms) and their ground truth", runSynth},
 	"understand": {"run the understand service (findings, draft reports, triage; ai.ask) against an external NATS JetStream", runUnderstand},
 	"ask":        {"ask the understand service a question about an analyzed study", runAsk},
+	"generate":   {"request synthetic images derived from a study, and fetch them as DICOM or PNG", runGenerate},
 }
 
 func main() {

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
 	"github.com/pacsflow/pacsflow/pkg/telemetry"
 	"github.com/pacsflow/pacsflow/services/analytics"
+	"github.com/pacsflow/pacsflow/services/generate"
 	"github.com/pacsflow/pacsflow/services/ingest"
 	"github.com/pacsflow/pacsflow/services/latency"
 	"github.com/pacsflow/pacsflow/services/understand"
@@ -47,6 +49,7 @@ type pipelineFlags struct {
 	minFree             *int64
 	minFreeRatio        *float64
 	maxInstance         *int64
+	syntheticAEs        *string
 	streamMaxAge        *time.Duration
 	otlp                *string
 	sampleRatio         *float64
@@ -54,6 +57,7 @@ type pipelineFlags struct {
 	analyticsKey, dates *string
 	level, format       *string
 	understand          *understandFlags // only in up
+	generate            *generateFlags   // only in up
 }
 
 // storageFlags name the store instances are kept in.
@@ -85,6 +89,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.minFree = fs.Int64("min-free-bytes", 5e9, "refuse associations and instances when free storage is below min(this, --min-free-ratio of the total)")
 	f.minFreeRatio = fs.Float64("min-free-ratio", 0.10, "see --min-free-bytes")
 	f.maxInstance = fs.Int64("max-instance-bytes", 0, "refuse larger instances with A700; 0: no limit")
+	f.syntheticAEs = fs.String("synthetic-ae", "", "calling AE titles allowed to send synthetic images (Conversion Type SYN, Image Type SYNTHETIC: pacsflow generate's), comma-separated, '*' for any; from others they get 0124")
 	f.streamMaxAge = fs.Duration("events-max-age", 0, "discard events older than this from the stream; 0 keeps them")
 	f.otlp = fs.String("otlp-endpoint", "", "send traces (C-STORE, storage, publish, study report, consumers) over OTLP/HTTP to this URL, e.g. http://collector:4318; empty: no tracing")
 	f.sampleRatio = fs.Float64("trace-sample-ratio", 0.1, "share of traces recorded when tracing is on (decided at the C-STORE, followed downstream)")
@@ -94,6 +99,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.level, f.format = logFlags(fs)
 	if embedded {
 		f.understand = addUnderstandFlags(fs, true)
+		f.generate = addGenerateFlags(fs)
 	}
 	return f
 }
@@ -145,6 +151,9 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	if f.understand != nil && f.understand.enabled() {
 		if _, err := f.understand.policy(); err != nil {
 			return err
+		}
+		if _, err := generate.ParsePolicy(*f.generate.policy); err != nil {
+			return fmt.Errorf("--generate-policy: %w", err)
 		}
 	}
 	data := *f.store.data
@@ -211,7 +220,8 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		KVReplicas:  *f.replicas,
 		QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
 		MinFreeBytes: *f.minFree, MinFreeRatio: *f.minFreeRatio, MaxInstanceBytes: *f.maxInstance,
-		Logger: log, Registerer: reg,
+		SyntheticAEs: splitList(*f.syntheticAEs),
+		Logger:       log, Registerer: reg,
 	}, nc, store)
 	if err != nil {
 		return err
@@ -252,6 +262,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	run("study latency recorder", func(ctx context.Context) error {
 		return latency.Run(ctx, js, latency.Config{Stream: streams.StreamName(), Logger: log})
 	})
+	var gsvc *generate.Service
 	if f.understand != nil && f.understand.enabled() {
 		m, ucfg, err := f.understand.open(setup, store, streams, *f.replicas, reg, log, stdout)
 		if err != nil {
@@ -262,12 +273,40 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 			m.Close()
 			return err
 		}
-		// The service owns the model: closed once the service stopped.
-		run("understand", func(ctx context.Context) error {
+		services := []func(context.Context) error{usvc.Run}
+		if f.generate.wanted(m) {
+			gcfg, err := f.generate.config(m, store, *f.store.backend, bucket, streams, *f.replicas)
+			if err == nil {
+				gcfg.Logger, gcfg.Registerer = log, reg
+				if gsvc, err = generate.New(setup, js, gcfg); err == nil {
+					services = append(services, gsvc.Run)
+				}
+			}
+			if err != nil {
+				m.Close()
+				return err
+			}
+		}
+		// The model services share the model: it is closed once both stopped.
+		run("model services", func(ctx context.Context) error {
 			defer m.Close()
-			return usvc.Run(ctx)
+			errs := make(chan error, len(services))
+			for _, svc := range services {
+				go func() { errs <- svc(ctx) }()
+			}
+			var first error
+			for range services {
+				if err := <-errs; err != nil && first == nil {
+					first = err
+				}
+			}
+			return first
 		})
 		fmt.Fprintln(stdout, f.understand.describe())
+		if len(services) > 1 {
+			fmt.Fprintf(stdout, "generate: requests on %s.>, synthetic DICOM images stored and announced on %s.>\n",
+				events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
+		}
 	}
 	if *f.analytics {
 		acfg, err := f.analyticsConfig(streams, log)
@@ -278,7 +317,11 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		fmt.Fprintf(stdout, "analytics: de-identified events on analytics.> (dates: %s)\n", *f.dates)
 	}
 	if *f.httpAddr != "" {
-		hs, err := startHTTP(*f.httpAddr, reg, svc.Ready, log, stdout)
+		var routes []func(*http.ServeMux)
+		if gsvc != nil {
+			routes = append(routes, gsvc.Routes)
+		}
+		hs, err := startHTTP(*f.httpAddr, reg, svc.Ready, log, stdout, routes...)
 		if err != nil {
 			return err
 		}
@@ -369,9 +412,12 @@ func describeStorage(backend, bucket, data string) string {
 
 // startHTTP serves /metrics, /healthz (the process runs), /readyz (ready
 // says it can work, e.g. ingest: broker reachable, storage has room; nil:
-// always) and /debug/pprof.
-func startHTTP(addr string, reg *prometheus.Registry, ready func(context.Context) error, log *slog.Logger, stdout io.Writer) (*http.Server, error) {
+// always), /debug/pprof, and the services' own routes.
+func startHTTP(addr string, reg *prometheus.Registry, ready func(context.Context) error, log *slog.Logger, stdout io.Writer, routes ...func(*http.ServeMux)) (*http.Server, error) {
 	mux := http.NewServeMux()
+	for _, add := range routes {
+		add(mux)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	// Profiles for diagnosing a slow or stuck process; the HTTP address is
 	// loopback by default.
@@ -408,4 +454,15 @@ func shutdownHTTP(hs *http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(ctx)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for v := range strings.SplitSeq(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

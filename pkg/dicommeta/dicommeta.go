@@ -95,6 +95,9 @@ type Instance struct {
 	PhotometricInterpretation  string `json:"photometric_interpretation,omitempty"`
 
 	ImageType []string `json:"image_type,omitempty"`
+	// ConversionType is (0008,0064) of the SC Equipment module: SYN marks a
+	// synthetic image.
+	ConversionType string `json:"conversion_type,omitempty"`
 	// SpecificCharacterSet keeps empty values: an empty first value means
 	// the default repertoire before ISO 2022 extensions.
 	SpecificCharacterSet []string `json:"specific_character_set,omitempty"`
@@ -399,6 +402,8 @@ func extract(elements []*dicom.Element) *Instance {
 			requestAttributes = e
 		case tag.ImageType:
 			in.ImageType = texts(e)
+		case tag.ConversionType:
+			in.ConversionType = text(e)
 		case tag.SpecificCharacterSet:
 			in.SpecificCharacterSet = texts(e)
 		case tag.SeriesNumber:
@@ -518,4 +523,22 @@ func checkUIDs(in *Instance) error {
 
 func malformedf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+}
+
+// Synthetic says why the instance is a synthetic image (made by a model or
+// a program, not acquired from a patient), or "" when nothing says so:
+// Conversion Type SYN (PS3.3 C.8.6.1, "Synthetic Image"), or SYNTHETIC among
+// the values of Image Type, as pacsflow's generate service writes. Synthetic
+// Data (0008,001C) alone does not count: test phantoms (pacsflow synth) are
+// synthetic data meant to pass through the pipeline like acquired images.
+func (in *Instance) Synthetic() string {
+	if strings.EqualFold(strings.TrimSpace(in.ConversionType), "SYN") {
+		return "Conversion Type SYN"
+	}
+	for _, v := range in.ImageType {
+		if strings.EqualFold(strings.TrimSpace(v), "SYNTHETIC") {
+			return "Image Type SYNTHETIC"
+		}
+	}
+	return ""
 }

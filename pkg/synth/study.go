@@ -10,6 +10,7 @@ import (
 
 	"github.com/suyashkumar/dicom/pkg/tag"
 
+	"github.com/pacsflow/pacsflow/pkg/dicomwrite"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
@@ -81,131 +82,131 @@ func (s study) dir(se series) string {
 // common returns the attributes every instance has: SOP Common, Patient, Patient Study,
 // General Study, General Series, General Equipment and the parts of General Image and Image
 // Pixel that do not depend on the pixels.
-func (s study) common(se series, instance int) dataSet {
+func (s study) common(se series, instance int) dicomwrite.DataSet {
 	content := se.when.Add(time.Duration(instance) * 10 * time.Second)
 	date, clock := content.Format("20060102"), content.Format("150405")
-	var ds dataSet
+	var ds dicomwrite.DataSet
 	// SOP Common
-	ds.text(tag.SOPClassUID, se.sopClass)
-	ds.text(tag.SOPInstanceUID, s.instanceUID(se, instance))
-	ds.text(tag.InstanceCreationDate, date)
-	ds.text(tag.InstanceCreationTime, clock)
-	ds.text(tag.SyntheticData, "YES")
+	ds.Text(tag.SOPClassUID, se.sopClass)
+	ds.Text(tag.SOPInstanceUID, s.instanceUID(se, instance))
+	ds.Text(tag.InstanceCreationDate, date)
+	ds.Text(tag.InstanceCreationTime, clock)
+	ds.Text(tag.SyntheticData, "YES")
 	// Patient, Patient Study
-	ds.text(tag.PatientName, s.name)
-	ds.text(tag.PatientID, s.patientID)
-	ds.text(tag.IssuerOfPatientID, "PACSFLOW SYNTH")
-	ds.text(tag.PatientBirthDate, s.birthDate)
-	ds.text(tag.PatientSex, s.sex)
-	ds.text(tag.PatientAge, s.age)
+	ds.Text(tag.PatientName, s.name)
+	ds.Text(tag.PatientID, s.patientID)
+	ds.Text(tag.IssuerOfPatientID, "PACSFLOW SYNTH")
+	ds.Text(tag.PatientBirthDate, s.birthDate)
+	ds.Text(tag.PatientSex, s.sex)
+	ds.Text(tag.PatientAge, s.age)
 	// General Study
-	ds.text(tag.StudyInstanceUID, s.uid)
-	ds.text(tag.StudyDate, s.when.Format("20060102"))
-	ds.text(tag.StudyTime, s.when.Format("150405"))
-	ds.text(tag.ReferringPhysicianName)
-	ds.text(tag.StudyID, s.studyID)
-	ds.text(tag.AccessionNumber, s.accession)
-	ds.text(tag.StudyDescription, "SYNTHETIC CHEST PHANTOM")
+	ds.Text(tag.StudyInstanceUID, s.uid)
+	ds.Text(tag.StudyDate, s.when.Format("20060102"))
+	ds.Text(tag.StudyTime, s.when.Format("150405"))
+	ds.Text(tag.ReferringPhysicianName)
+	ds.Text(tag.StudyID, s.studyID)
+	ds.Text(tag.AccessionNumber, s.accession)
+	ds.Text(tag.StudyDescription, "SYNTHETIC CHEST PHANTOM")
 	// General Series
-	ds.text(tag.Modality, se.modality)
-	ds.text(tag.SeriesInstanceUID, se.uid)
-	ds.integer(tag.SeriesNumber, se.number)
-	ds.text(tag.SeriesDate, se.when.Format("20060102"))
-	ds.text(tag.SeriesTime, se.when.Format("150405"))
-	ds.text(tag.SeriesDescription, se.description)
-	ds.text(tag.BodyPartExamined, "CHEST")
+	ds.Text(tag.Modality, se.modality)
+	ds.Text(tag.SeriesInstanceUID, se.uid)
+	ds.Integer(tag.SeriesNumber, se.number)
+	ds.Text(tag.SeriesDate, se.when.Format("20060102"))
+	ds.Text(tag.SeriesTime, se.when.Format("150405"))
+	ds.Text(tag.SeriesDescription, se.description)
+	ds.Text(tag.BodyPartExamined, "CHEST")
 	// General Equipment
-	ds.text(tag.Manufacturer, "pacsflow synth")
-	ds.text(tag.ManufacturerModelName, "pacsflow synth")
-	ds.text(tag.StationName, "SYNTH")
-	ds.text(tag.SoftwareVersions, uid.ImplementationVersionName)
+	ds.Text(tag.Manufacturer, "pacsflow synth")
+	ds.Text(tag.ManufacturerModelName, "pacsflow synth")
+	ds.Text(tag.StationName, "SYNTH")
+	ds.Text(tag.SoftwareVersions, uid.ImplementationVersionName)
 	// General Image
-	ds.integer(tag.InstanceNumber, instance)
-	ds.text(tag.ContentDate, date)
-	ds.text(tag.ContentTime, clock)
-	ds.text(tag.DerivationDescription, derivation)
-	ds.text(tag.BurnedInAnnotation, "NO")
-	ds.text(tag.LossyImageCompression, "00")
+	ds.Integer(tag.InstanceNumber, instance)
+	ds.Text(tag.ContentDate, date)
+	ds.Text(tag.ContentTime, clock)
+	ds.Text(tag.DerivationDescription, derivation)
+	ds.Text(tag.BurnedInAnnotation, "NO")
+	ds.Text(tag.LossyImageCompression, "00")
 	// Image Pixel
-	ds.us(tag.SamplesPerPixel, 1)
-	ds.us(tag.BitsAllocated, 16)
+	ds.US(tag.SamplesPerPixel, 1)
+	ds.US(tag.BitsAllocated, 16)
 	return ds
 }
 
 // projection returns a CR or DX image of the phantom's rendering img, resized to size.
-func (s study) projection(se series, instance int, img []uint16, size int) dataSet {
+func (s study) projection(se series, instance int, img []uint16, size int) dicomwrite.DataSet {
 	ds := s.common(se, instance)
 	spacing := field / float64(size)
-	ds.text(tag.ImageType, "DERIVED", "SECONDARY")
-	ds.text(tag.ViewPosition, "PA")
-	ds.text(tag.PatientOrientation, "L", "F")
-	ds.text(tag.KVP, "120")
-	ds.decimal(tag.ImagerPixelSpacing, spacing, spacing)
-	ds.decimal(tag.PixelSpacing, spacing, spacing)
-	ds.us(tag.Rows, uint16(size))
-	ds.us(tag.Columns, uint16(size))
-	ds.us(tag.BitsStored, 12)
-	ds.us(tag.HighBit, 11)
-	ds.us(tag.PixelRepresentation, 0)
-	ds.decimal(tag.WindowCenter, 2048)
-	ds.decimal(tag.WindowWidth, 4096)
+	ds.Text(tag.ImageType, "DERIVED", "SECONDARY")
+	ds.Text(tag.ViewPosition, "PA")
+	ds.Text(tag.PatientOrientation, "L", "F")
+	ds.Text(tag.KVP, "120")
+	ds.Decimal(tag.ImagerPixelSpacing, spacing, spacing)
+	ds.Decimal(tag.PixelSpacing, spacing, spacing)
+	ds.US(tag.Rows, uint16(size))
+	ds.US(tag.Columns, uint16(size))
+	ds.US(tag.BitsStored, 12)
+	ds.US(tag.HighBit, 11)
+	ds.US(tag.PixelRepresentation, 0)
+	ds.Decimal(tag.WindowCenter, 2048)
+	ds.Decimal(tag.WindowWidth, 4096)
 	px := upsample(img, PhantomSize, size)
 	if se.modality == "CR" {
-		ds.text(tag.PhotometricInterpretation, "MONOCHROME2")
-		ds.pixels(px)
+		ds.Text(tag.PhotometricInterpretation, "MONOCHROME2")
+		ds.Pixels(px)
 		return ds
 	}
 	// DX Series, DX Anatomy Imaged, DX Image, DX Detector, DX Positioning and Acquisition
 	// Context: the attributes of Type 1 and 2 that a CR image does not have, the Type 2 ones
 	// empty where a modality would need to know more than a phantom tells.
-	ds.text(tag.PresentationIntentType, "FOR PRESENTATION")
-	ds.text(tag.ImageLaterality, "U")
-	ds.text(tag.PhotometricInterpretation, "MONOCHROME1")
+	ds.Text(tag.PresentationIntentType, "FOR PRESENTATION")
+	ds.Text(tag.ImageLaterality, "U")
+	ds.Text(tag.PhotometricInterpretation, "MONOCHROME1")
 	// The phantom's brightness is attenuation, a logarithm of the beam intensity; stored
 	// inverted, lower values mean less intensity.
-	ds.text(tag.PixelIntensityRelationship, "LOG")
-	ds.ss(tag.PixelIntensityRelationshipSign, 1)
-	ds.decimal(tag.RescaleIntercept, 0)
-	ds.decimal(tag.RescaleSlope, 1)
-	ds.text(tag.RescaleType, "US")
-	ds.text(tag.PresentationLUTShape, "INVERSE")
-	ds.sequence(tag.AnatomicRegionSequence, code("43799004", "SCT", "Chest"))
-	ds.sequence(tag.ViewCodeSequence, code("399348003", "SCT", "postero-anterior"))
-	ds.text(tag.PositionerType)
-	ds.text(tag.DetectorType)
-	ds.sequence(tag.AcquisitionContextSequence)
-	ds.pixels(invert(px))
+	ds.Text(tag.PixelIntensityRelationship, "LOG")
+	ds.SS(tag.PixelIntensityRelationshipSign, 1)
+	ds.Decimal(tag.RescaleIntercept, 0)
+	ds.Decimal(tag.RescaleSlope, 1)
+	ds.Text(tag.RescaleType, "US")
+	ds.Text(tag.PresentationLUTShape, "INVERSE")
+	ds.Sequence(tag.AnatomicRegionSequence, dicomwrite.Code("43799004", "SCT", "Chest"))
+	ds.Sequence(tag.ViewCodeSequence, dicomwrite.Code("399348003", "SCT", "postero-anterior"))
+	ds.Text(tag.PositionerType)
+	ds.Text(tag.DetectorType)
+	ds.Sequence(tag.AcquisitionContextSequence)
+	ds.Pixels(invert(px))
 	return ds
 }
 
 // ct returns slice k (0-based) of the CT series: Frame of Reference, Image Plane and CT Image.
-func (s study) ct(se series, k, n int, width float64, frameOfReference string) dataSet {
+func (s study) ct(se series, k, n int, width float64, frameOfReference string) dicomwrite.DataSet {
 	ds := s.common(se, k+1)
 	spacing := ctField / ctSize
 	z := float64(-k) * ctSliceSpacing // from the apex towards the feet; float64(-0) is 0, not −0
-	ds.text(tag.ImageType, "DERIVED", "SECONDARY", "AXIAL")
-	ds.text(tag.PatientPosition, "HFS")
-	ds.text(tag.FrameOfReferenceUID, frameOfReference)
-	ds.text(tag.PositionReferenceIndicator)
-	ds.integer(tag.AcquisitionNumber, 1)
-	ds.text(tag.KVP, "120")
-	ds.decimal(tag.SliceThickness, ctSliceSpacing)
-	ds.decimal(tag.ImagePositionPatient, -ctField/2+spacing/2, -ctField/2+spacing/2, z)
-	ds.decimal(tag.ImageOrientationPatient, 1, 0, 0, 0, 1, 0)
-	ds.decimal(tag.SliceLocation, z)
-	ds.decimal(tag.PixelSpacing, spacing, spacing)
-	ds.text(tag.PhotometricInterpretation, "MONOCHROME2")
-	ds.us(tag.Rows, ctSize)
-	ds.us(tag.Columns, ctSize)
-	ds.us(tag.BitsStored, 16)
-	ds.us(tag.HighBit, 15)
-	ds.us(tag.PixelRepresentation, 1)
-	ds.decimal(tag.WindowCenter, huSoft)
-	ds.decimal(tag.WindowWidth, 400)
-	ds.decimal(tag.RescaleIntercept, ctIntercept)
-	ds.decimal(tag.RescaleSlope, 1)
-	ds.text(tag.RescaleType, "HU")
-	ds.pixels(ctSlice(k, n, width))
+	ds.Text(tag.ImageType, "DERIVED", "SECONDARY", "AXIAL")
+	ds.Text(tag.PatientPosition, "HFS")
+	ds.Text(tag.FrameOfReferenceUID, frameOfReference)
+	ds.Text(tag.PositionReferenceIndicator)
+	ds.Integer(tag.AcquisitionNumber, 1)
+	ds.Text(tag.KVP, "120")
+	ds.Decimal(tag.SliceThickness, ctSliceSpacing)
+	ds.Decimal(tag.ImagePositionPatient, -ctField/2+spacing/2, -ctField/2+spacing/2, z)
+	ds.Decimal(tag.ImageOrientationPatient, 1, 0, 0, 0, 1, 0)
+	ds.Decimal(tag.SliceLocation, z)
+	ds.Decimal(tag.PixelSpacing, spacing, spacing)
+	ds.Text(tag.PhotometricInterpretation, "MONOCHROME2")
+	ds.US(tag.Rows, ctSize)
+	ds.US(tag.Columns, ctSize)
+	ds.US(tag.BitsStored, 16)
+	ds.US(tag.HighBit, 15)
+	ds.US(tag.PixelRepresentation, 1)
+	ds.Decimal(tag.WindowCenter, huSoft)
+	ds.Decimal(tag.WindowWidth, 400)
+	ds.Decimal(tag.RescaleIntercept, ctIntercept)
+	ds.Decimal(tag.RescaleSlope, 1)
+	ds.Text(tag.RescaleType, "HU")
+	ds.Pixels(ctSlice(k, n, width))
 	return ds
 }
 
@@ -226,8 +227,8 @@ func writeStudy(dir string, cfg Config, i int, spec PhantomSpec, ph Phantom, res
 	for k, label := range Labels {
 		st.Labels[label] = spec.Flags[k]
 	}
-	write := func(se series, instance int, ds dataSet) error {
-		b, err := ds.encode()
+	write := func(se series, instance int, ds dicomwrite.DataSet) error {
+		b, err := ds.Encode()
 		if err != nil {
 			return fmt.Errorf("study %d, %s image %d: %w", i+1, se.modality, instance, err)
 		}

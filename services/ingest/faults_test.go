@@ -24,6 +24,8 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/dimse/pdu"
 	"github.com/pacsflow/pacsflow/pkg/dimse/ul"
 	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/genimage"
+	"github.com/pacsflow/pacsflow/pkg/part10"
 	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/storage/fsstore"
 	"github.com/pacsflow/pacsflow/pkg/uid"
@@ -623,5 +625,57 @@ func TestPublishAckLost(t *testing.T) {
 	}
 	if !bytes.Equal(readObject(t, store, evs[0].Object.Key), part10Of(in, "MODALITY")) {
 		t.Fatal("the stored object differs from what was sent")
+	}
+}
+
+// TestSyntheticRefused: a generated (synthetic) image coming back from an
+// AE not allowed to send them gets 0124 with the reason, and nothing is
+// stored or published; from an allowed AE it is stored.
+func TestSyntheticRefused(t *testing.T) {
+	b := newBroker(t)
+	root := t.TempDir()
+	store, err := fsstore.New(fsstore.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startReplica(t, b, replicaOpts{store: store, cfg: Config{SyntheticAEs: []string{"RESEARCH"}}})
+	obj, err := genimage.Write(nil, genimage.Image{Rows: 4, Cols: 4, Values: make([]float32, 16)},
+		genimage.Params{RequestID: "req-1", Task: "synthesize", Count: 1, ModelName: "m", ModelVersion: "1", Time: time.Unix(0, 0).UTC()}, genimage.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, n, err := part10.ParseHeader(obj.Part10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		ae   string
+		want dimse.Status
+	}{{"MODALITY", dimse.StatusNotAuthorized}, {"RESEARCH", dimse.StatusSuccess}} {
+		conn, err := dimse.Dial(context.Background(), r.addr, dimse.ClientConfig{CallingAE: c.ae, CalledAE: "PACSFLOW"},
+			[]dimse.Proposal{{AbstractSyntax: meta.MediaStorageSOPClassUID, TransferSyntaxes: []string{uid.ExplicitVRLittleEndian}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := conn.Store(context.Background(), dimse.StoreRequest{AffectedSOPClassUID: meta.MediaStorageSOPClassUID, AffectedSOPInstanceUID: obj.SOPInstanceUID},
+			uid.ExplicitVRLittleEndian, bytes.NewReader(obj.Part10[n:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.Release()
+		if res.Status != c.want {
+			t.Errorf("synthetic image from %s: %s (%s), want %s", c.ae, res.Status, res.Comment, c.want)
+		}
+		if c.want == dimse.StatusNotAuthorized {
+			if !strings.Contains(res.Comment, "synthetic image") {
+				t.Errorf("refusal comment %q does not say why", res.Comment)
+			}
+			if keys := objectKeys(t, root); len(keys) != 0 {
+				t.Errorf("refused synthetic image stored: %v", keys)
+			}
+		}
+	}
+	if keys := objectKeys(t, root); len(keys) != 1 {
+		t.Errorf("stored %v, want the one from RESEARCH", keys)
 	}
 }

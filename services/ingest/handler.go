@@ -66,6 +66,11 @@ func (s *Service) HandleStore(ctx context.Context, req *dimse.StoreIndication, d
 		return dimse.Result{}, dimse.Fail(dimse.StatusDataSetMismatch, fmt.Errorf(
 			"data set is %s %s, the command says %s %s", meta.SOPClassUID, meta.SOPInstanceUID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID))
 	}
+	if why := meta.Synthetic(); why != "" && !s.syntheticAllowed(req.Association.CallingAE) {
+		// The peer sees the start of this in its 64-character Error Comment.
+		return dimse.Result{}, dimse.Fail(dimse.StatusNotAuthorized, fmt.Errorf(
+			"synthetic image refused (%s): AE %q may not send them (allowed: --synthetic-ae)", why, req.Association.CallingAE))
+	}
 	key, err := storage.InstanceKey(meta.StudyInstanceUID, meta.SeriesInstanceUID, meta.SOPInstanceUID, newVersionID())
 	if err != nil {
 		return dimse.Result{}, dimse.Fail(dimse.StatusCannotUnderstand, err)
@@ -312,4 +317,13 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 		return n, &sourceError{err}
 	}
 	return n, err
+}
+
+func (s *Service) syntheticAllowed(callingAE string) bool {
+	for _, ae := range s.cfg.SyntheticAEs {
+		if ae == "*" || ae == callingAE {
+			return true
+		}
+	}
+	return false
 }

@@ -25,6 +25,13 @@ import (
 
 // Config configures the ingest service. Zero values take the defaults.
 type Config struct {
+	// SyntheticAEs are the calling AE titles allowed to send synthetic
+	// images (Conversion Type SYN, or Image Type with SYNTHETIC: what
+	// pacsflow's generate service writes); from any other AE they are
+	// refused with 0124 (not authorized), so that generated images never
+	// re-enter the archive as if a modality had sent them. "*" allows every
+	// AE.
+	SyntheticAEs []string
 	// Source is the CloudEvents source of the events. Default
 	// "pacsflow/ingest/<hostname>".
 	Source string

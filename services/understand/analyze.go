@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pacsflow/pacsflow/pkg/dicommeta"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/imaging"
 	"github.com/pacsflow/pacsflow/pkg/model"
@@ -29,9 +30,11 @@ type analysis struct {
 	findings []events.Finding
 	// key is the image with the most probable finding, whose report is
 	// the study's draft; nil when no image was analyzed.
-	key       *keyImage
-	images    int
-	skipped   []events.SkippedInstance
+	key     *keyImage
+	images  int
+	skipped []events.SkippedInstance
+	// synthetic counts the skipped images that are synthetic.
+	synthetic int
 	decode    time.Duration
 	inference time.Duration
 }
@@ -123,6 +126,11 @@ func (s *Service) prepare(ctx context.Context, ref events.InstanceRef) (img mode
 	if err != nil {
 		return img, 0, "", fmt.Errorf("read instance %s: %w", ref.SOPInstanceUID, err)
 	}
+	if m, err := dicommeta.Parse(b, true); err == nil {
+		if why := m.Synthetic(); why != "" {
+			return img, 0, syntheticPrefix + why + "): never analyzed or triaged", nil
+		}
+	}
 	f, err := imaging.Decode(b)
 	if err != nil {
 		// Retrying cannot decode these bytes: the instance is skipped, with
@@ -152,6 +160,9 @@ func (s *Service) read(ctx context.Context, key string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// syntheticPrefix starts the skip reason of a synthetic image.
+const syntheticPrefix = "a synthetic image ("
+
 func orNone(modality string) string {
 	if modality == "" {
 		return "(none)"
@@ -170,6 +181,9 @@ func (s *Service) aggregate(results []*imageResult, start time.Time) *analysis {
 		}
 		if r.u == nil {
 			a.skipped = append(a.skipped, events.SkippedInstance{SOPInstanceUID: r.ref.SOPInstanceUID, Reason: r.skipped})
+			if strings.HasPrefix(r.skipped, syntheticPrefix) {
+				a.synthetic++
+			}
 			continue
 		}
 		a.images++

@@ -23,7 +23,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	secs := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 	m := &metrics{
 		studies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pacsflow_understand_studies_total",
-			Help: "Study events handled, by outcome: analyzed, republished (handled again after a crash), superseded (a later generation was analyzed first), not_applicable (no modality the model accepts)."},
+			Help: "Study events handled, by outcome: analyzed, republished (handled again after a crash), superseded (a later generation was analyzed first), not_applicable (no modality the model accepts), synthetic (only synthetic images: no result)."},
 			[]string{"outcome"}),
 		images: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pacsflow_understand_images_total",
 			Help: "Instances of analyzed studies, by outcome: analyzed or skipped (the ai.findings event says why)."}, []string{"outcome"}),

@@ -276,6 +276,13 @@ func (s *Service) handle(ctx context.Context, d *events.Delivery) error {
 	if err != nil {
 		return fmt.Errorf("study %s generation %d: %w", uid, st.Generation, err)
 	}
+	if prev == nil && a.images == 0 && a.synthetic > 0 && a.synthetic == len(a.skipped) {
+		// Generated images sent back in: no result, so that they never
+		// reach a triage or a worklist.
+		s.m.studies.WithLabelValues("synthetic").Inc()
+		log.Info("only synthetic images: no result", "images", a.synthetic)
+		return nil
+	}
 	rec := s.result(&st, prev, a, d.Event.Time, start)
 	if err := s.save(ctx, key, rec, rev); err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
 	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/genimage"
 	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
 	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
@@ -543,4 +544,29 @@ func waitCounter(t *testing.T, reg *prometheus.Registry, name, outcome string, w
 		}
 		return false
 	})
+}
+
+// A study of generated (synthetic) images sent back in gets no result: it
+// never reaches a triage or a worklist, whatever modality the model takes.
+func TestSyntheticStudyHasNoResult(t *testing.T) {
+	f := newFixture(t, Config{})
+	f.svc.accepted["OT"] = true // a model that would take secondary captures
+	f.run()
+	obj, err := genimage.Write(nil, genimage.Image{Rows: 8, Cols: 8, Values: make([]float32, 64)},
+		genimage.Params{RequestID: "req-1", Task: "synthesize", Count: 1, ModelName: "m", ModelVersion: "1", Time: time.Unix(0, 0).UTC()}, genimage.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := obj.SOPInstanceUID + ".v1"
+	f.store[key] = obj.Part10
+	s := &study{uid: obj.StudyInstanceUID, store: f.store, series: []events.SeriesManifest{{
+		SeriesInstanceUID: obj.SeriesInstanceUID, Modality: "OT", NumInstances: 1,
+		Instances: []events.InstanceRef{{SOPInstanceUID: obj.SOPInstanceUID, SOPClassUID: "1.2.840.10008.5.1.4.1.1.7.3", TransferSyntaxUID: uid.ExplicitVRLittleEndian,
+			Object: events.StoredObject{Backend: "fs", Key: key, Size: int64(len(obj.Part10)), SHA256: strings.Repeat("0", 64)}}},
+	}}}
+	f.publish(s.event(1, 0, ""))
+	waitCounter(t, f.reg, "pacsflow_understand_studies_total", "synthetic", 1)
+	if n := len(f.aiMessages()); n != 0 {
+		t.Errorf("%d ai events for a study of synthetic images", n)
+	}
 }
