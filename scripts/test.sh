@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every pacsflow test. Installs what the tests need when it is missing:
-# Go modules (go mod download), DCMTK (apt-get install dcmtk) for the interop
-# tests, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
+# Go modules (go mod download), DCMTK and dicom3tools (apt-get install dcmtk
+# dicom3tools) for the interop and object tests, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
 # model tests, and the C library pkg/model links).
 # Set FUZZTIME (default 30s) to change how long each fuzz target runs; FUZZTIME=0 skips fuzzing.
 set -euo pipefail
