@@ -8,6 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -88,7 +91,10 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	if f.store, err = fsstore.New(fsstore.Config{Root: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Model, cfg.Store, cfg.Backend = f.model, f.store, events.BackendFS
+	if cfg.Model == nil {
+		cfg.Model = f.model
+	}
+	cfg.Store, cfg.Backend = f.store, events.BackendFS
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if f.svc, err = New(ctx, f.srv.JS, cfg); err != nil {
 		t.Fatal(err)
@@ -118,11 +124,15 @@ func (f *fixture) publish(e *events.Event) {
 // receive stores a CR study of one 16×16 instance of grey level v and
 // publishes its study event; it returns the study and instance UIDs.
 func (f *fixture) receive(v uint16) (study, sop string) {
+	return f.receiveImage(&dicomtest.Image{Rows: 16, Cols: 16, BitsStored: 12, Photometric: "MONOCHROME2", Values: fill(256, v)})
+}
+
+// receiveImage stores a CR study of one instance with this image.
+func (f *fixture) receiveImage(img *dicomtest.Image) (study, sop string) {
 	f.t.Helper()
 	study = uid.New()
 	in := dicomtest.Instance{SOPClassUID: "1.2.840.10008.5.1.4.1.1.1", SOPInstanceUID: study + ".1.1", StudyInstanceUID: study,
-		SeriesInstanceUID: study + ".1", Modality: "CR", PatientName: "DOE^JANE", PatientID: "P1",
-		Image: &dicomtest.Image{Rows: 16, Cols: 16, BitsStored: 12, Photometric: "MONOCHROME2", Values: fill(256, v)}}
+		SeriesInstanceUID: study + ".1", Modality: "CR", PatientName: "DOE^JANE", PatientID: "P1", Image: img}
 	key := study + "/" + study + ".1/" + in.SOPInstanceUID + ".v1"
 	obj, err := f.store.Put(context.Background(), key, strings.NewReader(string(in.Part10())))
 	if err != nil {
@@ -366,5 +376,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("no %s after 20 s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestHTTPRoutes(t *testing.T) {
+	f := newFixture(t, Config{})
+	study, sop := f.receive(1000)
+	mux := http.NewServeMux()
+	f.svc.Routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	for _, c := range []struct {
+		body string
+		code int
+	}{
+		{fmt.Sprintf(`{"study_instance_uid":%q,"task":"synthesize","prompt":"nodule","count":2,"seed":4}`, study), http.StatusAccepted},
+		{fmt.Sprintf(`{"study_instance_uid":%q,"task":"colourize"}`, study), http.StatusBadRequest},
+		{`{"study_instance_uid":"1.2.3","task":"synthesize","count":99}`, http.StatusBadRequest},
+		{`{"study":"1.2.3"}`, http.StatusBadRequest},
+		{`not JSON`, http.StatusBadRequest},
+	} {
+		resp, err := http.Post(srv.URL+"/v1/augmentations", "application/json", strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("POST %s: %d %s, want %d", c.body, resp.StatusCode, b, c.code)
+		}
+	}
+	g := f.generated(1)[0]
+	if g.Prompt != "nodule" || len(g.Objects) != 2 || !strings.HasPrefix(g.RequestID, "http-") {
+		t.Errorf("generated %+v for the HTTP request", g)
+	}
+
+	get := func(key string) (int, string) {
+		resp, err := http.Get(srv.URL + "/v1/preview?key=" + url.QueryEscape(key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(g.Objects[0].Object.Key); code != http.StatusOK || !strings.HasPrefix(body, "\x89PNG") {
+		t.Errorf("preview of a generated image: %d", code)
+	}
+	// The source is a clinical image: not served.
+	if code, _ := get(study + "/" + study + ".1/" + sop + ".v1"); code != http.StatusNotFound {
+		t.Errorf("preview of a clinical image: %d, want 404", code)
+	}
+	if code, _ := get("../etc/passwd"); code != http.StatusBadRequest {
+		t.Errorf("preview of ../etc/passwd: %d, want 400", code)
 	}
 }
