@@ -293,6 +293,7 @@ func (d dump) instance(tb testing.TB, ts string) *Instance {
 		PhotometricInterpretation:  d["0028,0004"],
 		RequestedProcedurePriority: d["0040,1003"],
 		ImageType:                  d.list("0008,0008"),
+		ConversionType:             d["0008,0064"],
 		SpecificCharacterSet:       d.list("0008,0005"),
 		SeriesNumber:               d.int(tb, "0020,0011"),
 		InstanceNumber:             d.int(tb, "0020,0013"),
