@@ -37,7 +37,7 @@ func addGenerateFlags(fs *flag.FlagSet) *generateFlags {
 		root:          fs.String("synthetic-uid-root", "", "UID root reserved for generated (synthetic) objects, at most 39 characters; empty: 2.25 UUID-derived UIDs"),
 		batchSize:     fs.Int("generate-batch-size", 16, "largest generate batch: images of all requests in flight share batches"),
 		batchWait:     fs.Duration("generate-batch-wait", 5*time.Millisecond, "how long a generate batch's first image waits for more"),
-		requests:      fs.Int("generate-requests", 4, "requests worked on at once by this process"),
+		requests:      fs.Int("generate-requests", 8, "requests worked on at once by this process"),
 		maxDeliverGen: fs.Int("generate-max-deliver", 5, "attempts at a request before it goes to the dead letters"),
 	}
 }
