@@ -91,22 +91,16 @@ func runGenerateRequest(ctx context.Context, args []string, stdout, stderr io.Wr
 		fs.Usage()
 		return errUsage
 	}
-	r := &events.AugmentationRequested{StudyInstanceUID: *study, SOPInstanceUID: *sop, Task: *task, Prompt: *prompt,
-		Count: *count, Seed: *seed, RequestedBy: "cli"}
-	r.RequestID = generate.RequestID("cli", r.StudyInstanceUID, r.SOPInstanceUID, r.Task, r.Prompt, fmt.Sprint(r.Count), fmt.Sprint(r.Seed))
-	e := generate.RequestEvent(r)
+	r := &events.AugmentationRequested{StudyInstanceUID: *study, SOPInstanceUID: *sop, Task: *task, Prompt: *prompt, Count: *count, Seed: *seed}
+	e := generate.NewRequest("cli", r)
 	if err := events.ValidateData(events.TypeAugmentationRequested, mustMarshal(r)); err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("pacsflow-generate-request"))
-	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, js, err := connectJetStream(*natsURL, "pacsflow-generate-request")
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	if _, err := events.NewPublisher(js, "pacsflow/cli").Publish(ctx, e); err != nil {
 		return err
 	}
@@ -186,15 +180,11 @@ func runGenerateFetch(ctx context.Context, args []string, stdout, stderr io.Writ
 		fs.Usage()
 		return errUsage
 	}
-	nc, err := nats.Connect(*natsURL, nats.Name("pacsflow-generate-fetch"))
-	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, js, err := connectJetStream(*natsURL, "pacsflow-generate-fetch")
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	g, err := findGenerated(ctx, js, *request, false)

@@ -4,6 +4,8 @@
 package model
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -259,6 +261,13 @@ func shapeFits(want, got []int64) bool {
 		}
 	}
 	return true
+}
+
+// Key is a short name of the model and its version (12 hex digits of a SHA-256), fit for event
+// IDs and bucket keys: results made with another model or version get other keys.
+func (c *Contract) Key() string {
+	sum := sha256.Sum256([]byte(c.Model.Name + "\x00" + c.Model.Version))
+	return hex.EncodeToString(sum[:6])
 }
 
 // Has reports whether the model provides signature name.

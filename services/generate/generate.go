@@ -150,8 +150,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		pub: events.NewPublisher(js, cfg.Source),
 		log: cfg.Logger.With("service", "generate"),
 	}
-	sum := sha256.Sum256([]byte(c.Model.Name + "\x00" + c.Model.Version))
-	s.modelKey = hex.EncodeToString(sum[:6])
+	s.modelKey = c.Key()
 	for _, m := range c.Preprocessing.AcceptedModalities {
 		s.accepted[m] = true
 	}

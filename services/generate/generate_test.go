@@ -3,7 +3,6 @@ package generate
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -193,29 +192,7 @@ func (f *fixture) generated(n int) []*events.AugmentationGenerated {
 
 func (f *fixture) messages(prefix string) []*jetstream.RawStreamMsg {
 	f.t.Helper()
-	ctx := context.Background()
-	st, err := f.srv.JS.Stream(ctx, "PACSFLOW")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		if strings.HasPrefix(m.Subject, prefix) {
-			out = append(out, m)
-		}
-	}
-	return out
+	return natstest.Messages(f.t, f.srv.JS, "PACSFLOW", prefix)
 }
 
 // pixels reads a generated object's stored values back.

@@ -2,7 +2,6 @@ package generate
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -38,9 +37,7 @@ func (s *Service) postRequest(w http.ResponseWriter, r *http.Request) {
 	if req.Count == 0 {
 		req.Count = 1
 	}
-	req.RequestedBy = "http"
-	req.RequestID = RequestID("http", req.StudyInstanceUID, req.SOPInstanceUID, req.Task, req.Prompt, fmt.Sprint(req.Count), fmt.Sprint(req.Seed))
-	e := RequestEvent(&req)
+	e := NewRequest("http", &req)
 	if err := s.check(&req); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return

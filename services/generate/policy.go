@@ -91,6 +91,15 @@ func RequestID(kind string, parts ...string) string {
 	return kind + "-" + hex.EncodeToString(sum[:12])
 }
 
+// NewRequest completes a request made by kind (cli, http) from its parameters: its ID, who
+// asked, when; the same parameters give the same ID, and so the same images. It returns the
+// request's event.
+func NewRequest(kind string, r *events.AugmentationRequested) *events.Event {
+	r.RequestedBy = kind
+	r.RequestID = RequestID(kind, r.StudyInstanceUID, r.SOPInstanceUID, r.Task, r.Prompt, strconv.Itoa(r.Count), strconv.FormatInt(r.Seed, 10))
+	return RequestEvent(r)
+}
+
 // RequestEvent is the event of a request, its time the request's.
 func RequestEvent(r *events.AugmentationRequested) *events.Event {
 	if r.RequestedAt.IsZero() {

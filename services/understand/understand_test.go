@@ -243,29 +243,7 @@ func (f *fixture) results(n int) []*jetstream.RawStreamMsg {
 
 func (f *fixture) aiMessages() []*jetstream.RawStreamMsg {
 	f.t.Helper()
-	ctx := context.Background()
-	st, err := f.srv.JS.Stream(ctx, "PACSFLOW")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		if strings.HasPrefix(m.Subject, "ai.") {
-			out = append(out, m)
-		}
-	}
-	return out
+	return natstest.Messages(f.t, f.srv.JS, "PACSFLOW", "ai.")
 }
 
 func ofType[T any](t *testing.T, msgs []*jetstream.RawStreamMsg, typ, study string) []*T {

@@ -3,6 +3,9 @@
 package natstest
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -41,4 +44,33 @@ func Start(tb testing.TB, cfg natsserver.Config) *Server {
 		tb.Fatal(err)
 	}
 	return &Server{Server: s, Conn: nc, JS: js}
+}
+
+// Messages returns the messages of stream whose subject starts with prefix
+// ("" for all), in order, headers and all.
+func Messages(tb testing.TB, js jetstream.JetStream, stream, prefix string) []*jetstream.RawStreamMsg {
+	tb.Helper()
+	ctx := context.Background()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		tb.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // removed by the stream's limits
+		}
+		if err != nil {
+			tb.Fatalf("stream %s sequence %d: %v", stream, seq, err)
+		}
+		if strings.HasPrefix(m.Subject, prefix) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
