@@ -12,23 +12,11 @@
 # The whole output is kept in bench/out/generate.txt; a summary follows it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/deps.sh
-. scripts/deps.sh
-need_go
-need_tensorflow
-export TF_CPP_MIN_LOG_LEVEL=2
-mkdir -p bench/out
-go build -o bench/out/generate-bench ./bench/generate
-echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
-bench/out/generate-bench "$@" | tee bench/out/generate.txt
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+service_bench generate "$@"
 grep -q '^RESULT ' bench/out/generate.txt || exit 0 # --help
-echo
-echo "== summary"
-awk '
-  /^RESULT / {
-    delete kv
-    for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
-    t = kv["test"]
+summarize bench/out/generate.txt '
     if (t == "setup")
       printf "%s CPUs, load %s at start; model threads intra-op %s, inter-op %s; %s requests × %s images (%s) on %s studies, %s requests at once, %s batch worker(s)\n",
         kv["cpus"], kv["load_start"], kv["intra_op"], kv["inter_op"], kv["backlog"], kv["count"], kv["task"], kv["studies"], kv["requests"], kv["workers"]
@@ -37,9 +25,4 @@ awk '
     else if (t == "throughput")
       printf "%-40s %8s images/s in %s s, mean batch %s, model busy %s, process CPU %s cores\n", "backlog, " kv["mode"], kv["images_per_s"], kv["seconds"],
         kv["mean_batch"], kv["model_busy"], kv["cpu_cores"]
-    else if (t == "throughput_ratio")
-      printf "%-40s %8s×     (target ≥ %s×: %s; the model alone gains %s× from batch 1 to the largest)\n", "dynamic / batch 1", kv["ratio"], kv["target"],
-        (kv["met"] == "true" ? "met" : "NOT MET"), kv["model_ratio"]
-    else if (t == "end")
-      printf "load %s at the end\n", kv["load_end"]
-  }' bench/out/generate.txt
+'

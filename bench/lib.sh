@@ -1,5 +1,5 @@
-# Sourced by the benchmark scripts: what they share. Expects RECEIVER, POLLER, RSSF and RNAME
-# set by the script, and label() defined by it.
+# Sourced by the benchmark scripts: what they share. The receiver functions (stop_receiver)
+# expect RECEIVER, POLLER, RSSF and RNAME set by the script, and label() defined by it.
 
 bytes_of() { stat -c %s "$@" | awk '{s += $1} END {printf "%d", s}'; }
 
@@ -59,4 +59,43 @@ rotate() {
   local n=$1; shift
   local a=("$@") i
   for ((i = 0; i < ${#a[@]}; i++)); do echo "${a[(i + n) % ${#a[@]}]}"; done
+}
+
+# service_bench NAME ARGS...: the service benchmarks (bench/understand.sh, bench/generate.sh).
+# Builds ./bench/NAME with TensorFlow as bench/out/NAME-bench and runs it with ARGS, its output
+# kept in bench/out/NAME.txt. Relies on the caller's set -euo pipefail: call it as a command of
+# its own, not in a condition.
+service_bench() {
+  local name=$1; shift
+  # shellcheck source=scripts/deps.sh
+  . scripts/deps.sh
+  need_go
+  need_tensorflow
+  export TF_CPP_MIN_LOG_LEVEL=2
+  mkdir -p bench/out
+  go build -o "bench/out/$name-bench" "./bench/$name"
+  echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
+  "bench/out/$name-bench" "$@" | tee "bench/out/$name.txt"
+}
+
+# summarize FILE PROGRAM: prints the "== summary" heading, then runs the awk PROGRAM on each
+# RESULT line of FILE, with kv[KEY] its key=value pairs and t its test; the lines of the tests
+# both service benchmarks have (throughput_ratio, end) are printed here.
+summarize() {
+  echo
+  echo "== summary"
+  awk '
+  /^RESULT / {
+    delete kv
+    for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+    t = kv["test"]
+    if (t == "throughput_ratio")
+      printf "%-40s %8s×     (target ≥ %s×: %s; the model alone gains %s× from batch 1 to the largest)\n", "dynamic / batch 1", kv["ratio"], kv["target"],
+        (kv["met"] == "true" ? "met" : "NOT MET"), kv["model_ratio"]
+    else if (t == "end")
+      printf "load %s at the end\n", kv["load_end"]
+    else {
+'"$2"'
+    }
+  }' "$1"
 }

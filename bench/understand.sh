@@ -13,23 +13,11 @@
 # The whole output is kept in bench/out/understand.txt; a summary follows it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/deps.sh
-. scripts/deps.sh
-need_go
-need_tensorflow
-export TF_CPP_MIN_LOG_LEVEL=2
-mkdir -p bench/out
-go build -o bench/out/understand-bench ./bench/understand
-echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
-bench/out/understand-bench "$@" | tee bench/out/understand.txt
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+service_bench understand "$@"
 grep -q '^RESULT ' bench/out/understand.txt || exit 0 # --help
-echo
-echo "== summary"
-awk '
-  /^RESULT / {
-    delete kv
-    for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
-    t = kv["test"]
+summarize bench/out/understand.txt '
     if (t == "setup")
       printf "%s CPUs, load %s at start; model threads intra-op %s, inter-op %s; %s studies at once, %s decoders, %s batch worker(s); %sx%s images\n",
         kv["cpus"], kv["load_start"], kv["intra_op"], kv["inter_op"], kv["studies"], kv["decoders"], kv["workers"], kv["size"], kv["size"]
@@ -39,13 +27,8 @@ awk '
       printf "%-40s %8s images/s (%s ms a batch)\n", "model alone, batch " kv["batch"], kv["images_per_s"], kv["ms_per_batch"]
     else if (t == "throughput")
       printf "%-40s %8s images/s, %s studies/s, mean batch %s, model busy %s\n", "pipeline backlog, " kv["mode"], kv["images_per_s"], kv["studies_per_s"], kv["mean_batch"], kv["model_busy"]
-    else if (t == "throughput_ratio")
-      printf "%-40s %8s×     (target ≥ %s×: %s; the model alone gains %s× from batch 1 to the largest)\n", "dynamic / batch 1", kv["ratio"], kv["target"],
-        (kv["met"] == "true" ? "met" : "NOT MET"), kv["model_ratio"]
     else if (t == "latency")
       printf "%-40s p50 %s ms, p95 %s ms, max %s ms (target p95 ≤ %s ms: %s)\n%-40s wait %s ms, decode %s ms, inference %s ms, total %s ms\n",
         "latency, " kv["studies"] " studies × " kv["images"] " images", kv["p50_ms"], kv["p95_ms"], kv["max_ms"], kv["target_p95_ms"], (kv["met"] == "true" ? "met" : "NOT MET"),
         "  ai.findings timings, mean", kv["wait_ms"], kv["decode_ms"], kv["inference_ms"], kv["total_ms"]
-    else if (t == "end")
-      printf "load %s at the end\n", kv["load_end"]
-  }' bench/out/understand.txt
+'

@@ -43,17 +43,13 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,23 +57,19 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pacsflow/pacsflow/bench/internal/benchkit"
 	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/imaging"
 	"github.com/pacsflow/pacsflow/pkg/model"
-	"github.com/pacsflow/pacsflow/pkg/natsserver"
 	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
 	"github.com/pacsflow/pacsflow/pkg/synth"
-	"github.com/pacsflow/pacsflow/pkg/uid"
 	"github.com/pacsflow/pacsflow/services/generate"
 )
 
 // targetRatio is what dynamic batching must give over batch 1.
 const targetRatio = 3.0
-
-// calledAE is the AE title the study events name, as if sent to pacsflow.
-const calledAE = "PACSFLOW"
 
 // indexBucket is the generate service's study index
 // (services/generate/index.go). It is deleted before each run, as the stream
@@ -85,20 +77,19 @@ const calledAE = "PACSFLOW"
 const indexBucket = "pacsflow-generate-index"
 
 type options struct {
-	model, python, work string
-	cpuProfile          string
-	size, seed, studies int
-	backlog, count      int
-	task, prompt        string
-	requests, workers   int
-	batchSize           int
-	batchWait           time.Duration
-	intraOp, interOp    int
-	modelBatches        []int
-	modelTasks          []string
-	modelTime, timeout  time.Duration
-	phases              map[string]bool
-	keep, verbose       bool
+	benchkit.Common
+	cpuProfile        string
+	size, studies     int
+	backlog, count    int
+	task, prompt      string
+	requests, workers int
+	batchSize         int
+	batchWait         time.Duration
+	modelBatches      []int
+	modelTasks        []string
+	modelTime         time.Duration
+	phases            map[string]bool
+	verbose           bool
 }
 
 var (
@@ -128,16 +119,8 @@ flags:
 		fs.PrintDefaults()
 	}
 	o := &options{}
-	py := os.Getenv("PACSFLOW_PYTHON")
-	if py == "" {
-		py = "python3"
-	}
-	fs.StringVar(&o.model, "model", "model/reference", "model directory")
-	fs.StringVar(&o.python, "python", py, "Python with numpy, for the phantom generator ($PACSFLOW_PYTHON when set, else python3)")
-	fs.StringVar(&o.work, "work", "", "folder for the studies and the NATS store, kept (default: a new temporary folder, removed at the end unless --keep)")
-	fs.BoolVar(&o.keep, "keep", false, "keep the temporary work folder")
+	o.Common.Register(fs)
 	fs.IntVar(&o.size, "size", synth.DefaultSize, "rows and columns of the source CR and DX images (16-bit)")
-	fs.IntVar(&o.seed, "seed", 1, "seed of the synthetic studies")
 	fs.IntVar(&o.studies, "studies", 4, "source studies; request i names study i mod --studies")
 	fs.IntVar(&o.backlog, "backlog", 40, "requests in the throughput backlog")
 	fs.IntVar(&o.count, "count", 4, "images a request asks for (1 to 64)")
@@ -147,12 +130,9 @@ flags:
 	fs.IntVar(&o.workers, "workers", 1, "batch.Config.Workers: model batches run at once, in both runs")
 	fs.IntVar(&o.batchSize, "batch-size", 16, "largest batch of the dynamic-batching run")
 	fs.DurationVar(&o.batchWait, "batch-wait", 5*time.Millisecond, "batch wait of the dynamic-batching run")
-	fs.IntVar(&o.intraOp, "intra-op", 1, "TensorFlow intra-op threads (0: one per core)")
-	fs.IntVar(&o.interOp, "inter-op", 1, "TensorFlow inter-op threads (0: TensorFlow chooses)")
 	batches := fs.String("model-batches", "1,8,16", "batch sizes of the model phase, comma-separated")
 	tasks := fs.String("model-tasks", events.TaskRestore+","+events.TaskSynthesize, "tasks of the model phase, comma-separated")
 	fs.DurationVar(&o.modelTime, "model-seconds", 2*time.Second, "how long the model phase runs each task and batch size")
-	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "longest wait for a run's results")
 	phases := fs.String("phases", strings.Join(allPhases, ","), "phases to run, comma-separated: "+strings.Join(allPhases, ", "))
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the throughput phase to this file (TensorFlow's threads show as external code)")
 	fs.BoolVar(&o.verbose, "v", false, "log the service's info lines (one per request)")
@@ -162,26 +142,19 @@ flags:
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for s := range strings.SplitSeq(*batches, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("--model-batches %q: want positive integers", *batches)
-		}
-		o.modelBatches = append(o.modelBatches, n)
+	var err error
+	if o.modelBatches, err = benchkit.Ints("model-batches", *batches); err != nil {
+		return nil, err
 	}
-	for t := range strings.SplitSeq(*tasks, ",") {
-		t = strings.TrimSpace(t)
-		if !slices.Contains(allTasks, t) {
-			return nil, fmt.Errorf("--model-tasks: unknown task %q (have %s)", t, strings.Join(allTasks, ", "))
-		}
-		o.modelTasks = append(o.modelTasks, t)
+	if o.modelTasks, err = benchkit.Choices("model-tasks", "task", *tasks, allTasks); err != nil {
+		return nil, err
+	}
+	ps, err := benchkit.Choices("phases", "phase", *phases, allPhases)
+	if err != nil {
+		return nil, err
 	}
 	o.phases = map[string]bool{}
-	for p := range strings.SplitSeq(*phases, ",") {
-		p = strings.TrimSpace(p)
-		if !slices.Contains(allPhases, p) {
-			return nil, fmt.Errorf("--phases: unknown phase %q (have %s)", p, strings.Join(allPhases, ", "))
-		}
+	for _, p := range ps {
 		o.phases[p] = true
 	}
 	switch {
@@ -196,34 +169,15 @@ flags:
 	return o, nil
 }
 
-func main() {
-	o, err := parseOptions(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "generate bench: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "generate bench: FAIL: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("generate", parseOptions, run) }
 
 // bench is what the phases share.
 type bench struct {
-	o       *options
-	srv     *natsserver.Server
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	store   *objstore.Store
-	model   *model.Model
-	log     *slog.Logger
-	studies []*study
+	o              *options
+	*benchkit.NATS // the server, this process's connection, its object store
+	model          *model.Model
+	log            *slog.Logger
+	studies        []*study
 	// id makes this process's request IDs its own: a request ID met again
 	// (a kept --work folder) would find its images stored already and
 	// measure a Stat instead of a Put.
@@ -241,40 +195,20 @@ type study struct {
 	source model.Image
 }
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
-}
-
 func run(ctx context.Context, o *options) (err error) {
 	b := &bench{o: o, id: nuid.Next(), modelRate: map[string]map[int]float64{}}
-	level := slog.LevelWarn
-	if o.verbose {
-		level = slog.LevelInfo
+	b.log = benchkit.Logger(o.verbose)
+	work, done, err := benchkit.WorkFolder(o.Work, o.Keep, "pacsflow-bench-generate-")
+	if err != nil {
+		return err
 	}
-	b.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	work := o.work
-	if work == "" {
-		if work, err = os.MkdirTemp("", "pacsflow-bench-generate-"); err != nil {
-			return fmt.Errorf("work folder: %w", err)
-		}
-	}
-	// Only a folder made here is removed: one named with --work may hold
-	// other things.
-	if o.work == "" && !o.keep {
-		defer func() {
-			if rerr := os.RemoveAll(work); rerr != nil && err == nil {
-				err = fmt.Errorf("remove the work folder: %w", rerr)
-			}
-		}()
-	}
-	progress("work folder %s", work)
-	load0 := loadAverage()
-	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), load average %s at start\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), load0)
+	defer done(&err)
+	load0 := benchkit.PrintMachine()
 
 	// The model first: without TensorFlow (a build without -tags
 	// tensorflow) there is nothing to measure, and this says so at once.
 	start := time.Now()
-	if b.model, err = model.Open(ctx, o.model, model.Options{IntraOpThreads: o.intraOp, InterOpThreads: o.interOp}); err != nil {
+	if b.model, err = model.Open(ctx, o.Model, model.Options{IntraOpThreads: o.IntraOp, InterOpThreads: o.InterOp}); err != nil {
 		return fmt.Errorf("open the model: %w", err)
 	}
 	defer b.model.Close()
@@ -282,8 +216,7 @@ func run(ctx context.Context, o *options) (err error) {
 	if !c.Has(model.SigGenerate) {
 		return fmt.Errorf("model %s %s has no %s signature", c.Model.Name, c.Model.Version, model.SigGenerate)
 	}
-	fmt.Printf("model: %s %s from %s, loaded in %v; TensorFlow threads intra-op %d, inter-op %d (0: TensorFlow's default)\n",
-		c.Model.Name, c.Model.Version, o.model, time.Since(start).Round(time.Millisecond), o.intraOp, o.interOp)
+	benchkit.PrintModel(b.model, o.Model, start, o.IntraOp, o.InterOp)
 
 	dir := filepath.Join(work, "studies")
 	// This program's own subfolder: a --work folder used again gets it
@@ -295,26 +228,16 @@ func run(ctx context.Context, o *options) (err error) {
 	// One image per series is enough: the service takes a study's first
 	// image of an accepted modality as the source.
 	res, err := synth.Write(ctx, dir, synth.Config{Studies: o.studies, ImagesPerSeries: 1, Size: o.size,
-		Finding: synth.FindingMixed, Seed: uint64(o.seed)}, synth.Python{Interpreter: o.python})
+		Finding: synth.FindingMixed, Seed: uint64(o.Seed)}, synth.Python{Interpreter: o.Python})
 	if err != nil {
 		return fmt.Errorf("write %d synthetic studies: %w", o.studies, err)
 	}
-	progress("wrote %d studies, %d instances, %.0f MB in %v", o.studies, res.Instances, float64(res.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
+	benchkit.Progress("wrote %d studies, %d instances, %.0f MB in %v", o.studies, res.Instances, float64(res.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
 
-	if b.srv, err = natsserver.Start(natsserver.Config{StoreDir: filepath.Join(work, "nats")}); err != nil {
-		return fmt.Errorf("nats server: %w", err)
+	if b.NATS, err = benchkit.StartNATS(ctx, filepath.Join(work, "nats"), "pacsflow-bench-generate"); err != nil {
+		return err
 	}
-	defer b.srv.Shutdown()
-	if b.nc, err = b.srv.Connect(nats.Name("pacsflow-bench-generate")); err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer b.nc.Close()
-	if b.js, err = jetstream.New(b.nc); err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if b.store, err = objstore.New(ctx, b.js, objstore.Config{}); err != nil {
-		return fmt.Errorf("object store: %w", err)
-	}
+	defer b.NATS.Close()
 	if b.studies, err = b.putStudies(ctx, dir, res); err != nil {
 		return err
 	}
@@ -322,8 +245,8 @@ func run(ctx context.Context, o *options) (err error) {
 	fmt.Printf("service: %d requests at once, batch workers %d; dynamic batching: up to %d images, wait %v\n",
 		o.requests, o.workers, o.batchSize, o.batchWait)
 	fmt.Printf("RESULT test=setup cpus=%d gomaxprocs=%d load_start=%s size=%d intra_op=%d inter_op=%d studies=%d backlog=%d count=%d task=%s requests=%d workers=%d batch_size=%d batch_wait_ms=%g\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.ReplaceAll(load0, " ", ","), o.size, o.intraOp, o.interOp,
-		o.studies, o.backlog, o.count, o.task, o.requests, o.workers, o.batchSize, ms(o.batchWait))
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.ReplaceAll(load0, " ", ","), o.size, o.IntraOp, o.InterOp,
+		o.studies, o.backlog, o.count, o.task, o.requests, o.workers, o.batchSize, benchkit.Ms(o.batchWait))
 	if o.phases["model"] {
 		if err := b.modelPhase(ctx); err != nil {
 			return err
@@ -334,20 +257,8 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
-	load1 := loadAverage()
-	fmt.Printf("load average %s at the end\n", load1)
-	fmt.Printf("RESULT test=end load_end=%s\n", strings.ReplaceAll(load1, " ", ","))
+	benchkit.PrintEnd()
 	return nil
-}
-
-// cpuTime is the CPU seconds this process has used, user and system; NaN
-// where getrusage fails.
-func cpuTime() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return math.NaN()
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // profiled wraps phase in a CPU profile when --cpuprofile asks for one.
@@ -373,22 +284,6 @@ func (b *bench) profiled(phase func(context.Context) error) func(context.Context
 	}
 }
 
-// loadAverage is the 1, 5 and 15 minute load averages, or "unknown".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// sopClasses are the SOP classes synth writes, by modality.
-var sopClasses = map[string]string{"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}
-
 // putStudies puts the instances synth wrote into the object store, as
 // ingest does, and builds each study's event data (one series per file:
 // synth wrote one image per series).
@@ -397,12 +292,7 @@ func (b *bench) putStudies(ctx context.Context, dir string, res *synth.Result) (
 	var out []*study
 	for _, ts := range res.Truth.Studies {
 		s := &study{uid: ts.StudyInstanceUID}
-		d := &events.StudyReceived{
-			Patient:    events.Patient{ID: ts.PatientID, Name: ts.PatientName},
-			Study:      events.Study{StudyInstanceUID: ts.StudyInstanceUID, AccessionNumber: ts.AccessionNumber, Description: "SYNTHETIC CHEST PHANTOM"},
-			CallingAEs: []string{"BENCH"}, CalledAEs: []string{calledAE}, Associations: []string{"bench-" + ts.AccessionNumber},
-			Trigger: events.TriggerQuietPeriod, Generation: 1,
-		}
+		d := benchkit.NewStudyData(ts)
 		for _, f := range ts.Files {
 			data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
 			if err != nil {
@@ -419,60 +309,35 @@ func (b *bench) putStudies(ctx context.Context, dir string, res *synth.Result) (
 			if err != nil {
 				return nil, fmt.Errorf("key of %s: %w", f.Path, err)
 			}
-			obj, err := b.store.Put(ctx, key, strings.NewReader(string(data)))
+			obj, err := b.Store.Put(ctx, key, strings.NewReader(string(data)))
 			if errors.Is(err, storage.ErrExists) {
 				// A --work folder used again: its NATS store holds the
 				// instance from then, byte for byte (synth is deterministic).
-				obj, err = b.store.Stat(ctx, key)
+				obj, err = b.Store.Stat(ctx, key)
 			}
 			if err != nil {
 				return nil, fmt.Errorf("put %s: %w", f.Path, err)
 			}
-			if d.FirstReceivedAt.IsZero() {
-				d.FirstReceivedAt = obj.Modified
-			}
-			d.LastReceivedAt = obj.Modified
-			d.Series = append(d.Series, events.SeriesManifest{SeriesInstanceUID: f.SeriesInstanceUID, SeriesNumber: len(d.Series) + 1,
-				Modality: f.Modality, NumInstances: 1, Bytes: obj.Size, Instances: []events.InstanceRef{{
-					SOPInstanceUID: f.SOPInstanceUID, SOPClassUID: sopClasses[f.Modality], InstanceNumber: 1,
-					TransferSyntaxUID: uid.ExplicitVRLittleEndian, ReceivedAt: obj.Modified,
-					Object: events.StoredObject{Backend: events.BackendObjectStore, Bucket: objstore.DefaultBucket, Key: key, Size: obj.Size, SHA256: obj.SHA256},
-				}}})
-			if !slices.Contains(d.Modalities, f.Modality) {
-				d.Modalities = append(d.Modalities, f.Modality)
-			}
-			d.NumInstances++
-			d.Bytes += obj.Size
+			d.Add(f, key, obj)
 		}
 		if s.source.Pixels == nil {
 			return nil, fmt.Errorf("study %s has no CR image", s.uid)
 		}
-		sort.Strings(d.Modalities)
-		d.NumSeries = len(d.Series)
-		s.data = d
 		// The event must be one the contract accepts, or the service would
 		// never index the study and every request would be dead-lettered.
-		m, err := s.event().Message()
-		if err != nil {
-			return nil, fmt.Errorf("study event of %s: %w", s.uid, err)
-		}
-		if err := events.ValidateMessage(m.Subject, m.Header, m.Data); err != nil {
-			return nil, fmt.Errorf("study event of %s: %w", s.uid, err)
+		var err error
+		if s.data, err = d.Done(); err != nil {
+			return nil, err
 		}
 		out = append(out, s)
 	}
-	progress("put %d instances into the object store", res.Instances)
+	benchkit.Progress("put %d instances into the object store", res.Instances)
 	return out, nil
 }
 
 // event is a new pacs.study.received event of the study; its time is set
 // when it is published.
-func (s *study) event() *events.Event {
-	return &events.Event{
-		ID: "study/" + s.uid + "/1", Type: events.TypeStudyReceived, Source: "pacsflow/bench", Subject: s.uid,
-		NATSSubject: events.StudySubject(events.SubjectStudyReceived, s.data.Modalities, calledAE), Data: s.data,
-	}
-}
+func (s *study) event() *events.Event { return benchkit.StudyEvent(s.data) }
 
 // promptFor is the prompt of a request of task: --prompt, or for synthesize
 // a finding, since synthesizing is conditioned on one.
@@ -517,9 +382,9 @@ func (b *bench) modelPhase(ctx context.Context) error {
 			el := time.Since(start)
 			rate := float64(calls*n) / el.Seconds()
 			b.modelRate[task][n] = rate
-			fmt.Printf("%-10s batch %-3d %8.1f images/s  %7.1f ms per batch\n", task, n, rate, ms(el)/float64(calls))
+			fmt.Printf("%-10s batch %-3d %8.1f images/s  %7.1f ms per batch\n", task, n, rate, benchkit.Ms(el)/float64(calls))
 			fmt.Printf("RESULT test=model task=%s batch=%d images_per_s=%.1f ms_per_batch=%.1f intra_op=%d inter_op=%d\n",
-				task, n, rate, ms(el)/float64(calls), b.o.intraOp, b.o.interOp)
+				task, n, rate, benchkit.Ms(el)/float64(calls), b.o.IntraOp, b.o.InterOp)
 		}
 	}
 	return nil
@@ -536,7 +401,7 @@ type throughputRun struct {
 	// NATS server, TensorFlow) from the start to the last event: beside the
 	// model's busy time it says whether the cores were the limit.
 	cpuS    float64
-	batches batchStats
+	batches benchkit.Batches
 }
 
 func (b *bench) throughputPhase(ctx context.Context) error {
@@ -556,12 +421,12 @@ func (b *bench) throughputPhase(ctx context.Context) error {
 		}
 		runs = append(runs, r)
 		fmt.Printf("%-8s %6.2f s  %7.1f images/s  %5.2f requests/s  batches %d, mean size %.1f (%s), model busy %.0f%% of the time, %.1f ms per batch, first event after %.2f s, process CPU %.2f cores (%.1f ms an image)\n",
-			r.name, r.seconds, r.imagesPerS, r.requestsPerS, r.batches.count, r.batches.meanSize, r.batches.sizes,
-			100*r.batches.busyS/r.seconds, r.batches.meanMs, r.firstAfter, r.cpuS/r.seconds, 1000*r.cpuS/float64(n))
+			r.name, r.seconds, r.imagesPerS, r.requestsPerS, r.batches.Count, r.batches.MeanSize, r.batches.Sizes,
+			100*r.batches.BusyS/r.seconds, r.batches.MeanMs, r.firstAfter, r.cpuS/r.seconds, 1000*r.cpuS/float64(n))
 		fmt.Printf("RESULT test=throughput mode=%s requests=%d count=%d images=%d task=%s seconds=%.3f images_per_s=%.1f requests_per_s=%.2f batches=%d mean_batch=%.2f batch_sizes=%s mean_batch_ms=%.1f model_busy=%.2f first_s=%.3f mean_request_s=%.3f max_request_s=%.3f cpu_cores=%.2f cpu_ms_per_image=%.2f max_size=%d max_wait_ms=%g workers=%d concurrent_requests=%d intra_op=%d inter_op=%d\n",
-			r.name, b.o.backlog, b.o.count, n, b.o.task, r.seconds, r.imagesPerS, r.requestsPerS, r.batches.count, r.batches.meanSize,
-			r.batches.sizes, r.batches.meanMs, r.batches.busyS/r.seconds, r.firstAfter, r.meanRequestS, r.maxRequestS, r.cpuS/r.seconds, 1000*r.cpuS/float64(n), r.cfg.MaxSize, ms(r.cfg.MaxWait), r.cfg.Workers,
-			b.o.requests, b.o.intraOp, b.o.interOp)
+			r.name, b.o.backlog, b.o.count, n, b.o.task, r.seconds, r.imagesPerS, r.requestsPerS, r.batches.Count, r.batches.MeanSize,
+			r.batches.Sizes, r.batches.MeanMs, r.batches.BusyS/r.seconds, r.firstAfter, r.meanRequestS, r.maxRequestS, r.cpuS/r.seconds, 1000*r.cpuS/float64(n), r.cfg.MaxSize, benchkit.Ms(r.cfg.MaxWait), r.cfg.Workers,
+			b.o.requests, b.o.IntraOp, b.o.InterOp)
 	}
 	ratio := runs[1].imagesPerS / runs[0].imagesPerS
 	verdict := "meets"
@@ -593,7 +458,7 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 		return err
 	}
 	// Its own connection, as a separate process would have.
-	nc, err := b.srv.Connect(nats.Name("pacsflow-bench-generate-service"))
+	nc, err := b.Server.Connect(nats.Name("pacsflow-bench-generate-service"))
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -606,7 +471,7 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 	if err != nil {
 		return fmt.Errorf("object store: %w", err)
 	}
-	pub := events.NewPublisher(b.js, "pacsflow/bench")
+	pub := events.NewPublisher(b.JS, "pacsflow/bench")
 	for _, st := range b.studies {
 		if _, err := pub.Publish(ctx, st.event()); err != nil {
 			return err
@@ -624,12 +489,12 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 		return err
 	}
 
-	progress("throughput %s: publishing %d requests", r.name, b.o.backlog)
+	benchkit.Progress("throughput %s: publishing %d requests", r.name, b.o.backlog)
 	col, err := b.collect(b.o.backlog)
 	if err != nil {
 		return err
 	}
-	defer col.close()
+	defer col.Close()
 	want := map[string]bool{}
 	for i := range b.o.backlog {
 		req := &events.AugmentationRequested{
@@ -643,18 +508,18 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 		want[req.RequestID] = true
 	}
 	published := time.Now()
-	progress("throughput %s: service started", r.name)
-	start, cpu0 := time.Now(), cpuTime()
+	benchkit.Progress("throughput %s: service started", r.name)
+	start, cpu0 := time.Now(), benchkit.CPUTime()
 	s, err := b.startService(ctx, js, objects, r.cfg)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = s.stop() }() // an error path; the normal one stops it below
-	got, err := col.wait(ctx, want, b.o.count, b.o.timeout)
+	got, err := awaitGenerated(ctx, col, want, b.o.count, b.o.Timeout)
 	if err != nil {
 		return err
 	}
-	r.cpuS = cpuTime() - cpu0
+	r.cpuS = benchkit.CPUTime() - cpu0
 	var first, last time.Time
 	var sum, most float64
 	for _, a := range got {
@@ -683,7 +548,7 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 	if err := b.checkStored(ctx, got); err != nil {
 		return err
 	}
-	progress("throughput %s: %d requests in %.2f s", r.name, b.o.backlog, r.seconds)
+	benchkit.Progress("throughput %s: %d requests in %.2f s", r.name, b.o.backlog, r.seconds)
 	return nil
 }
 
@@ -691,15 +556,11 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 // consumer or duplicate-detection state of an earlier run remains) and
 // deletes the service's study index.
 func (b *bench) fresh(ctx context.Context) error {
-	name := events.StreamConfig{}.StreamName()
-	if err := b.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("delete stream %s: %w", name, err)
+	if err := benchkit.FreshStream(ctx, b.JS); err != nil {
+		return err
 	}
-	if err := b.js.DeleteKeyValue(ctx, indexBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if err := b.JS.DeleteKeyValue(ctx, indexBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return fmt.Errorf("delete bucket %s: %w", indexBucket, err)
-	}
-	if _, err := events.Provision(ctx, b.js, events.StreamConfig{}); err != nil {
-		return fmt.Errorf("provision the streams: %w", err)
 	}
 	return nil
 }
@@ -710,7 +571,7 @@ func (b *bench) indexed(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		c, err := b.js.Consumer(ctx, events.StreamConfig{}.StreamName(), "generate-index")
+		c, err := b.JS.Consumer(ctx, events.StreamConfig{}.StreamName(), "generate-index")
 		if err == nil {
 			info, err := c.Info(ctx)
 			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Consumer >= uint64(len(b.studies)) {
@@ -762,131 +623,19 @@ func (s *service) stop() error {
 	return s.err
 }
 
-// settled waits until the service counts n requests answered. A subscriber
-// sees the event before its publisher has JetStream's acknowledgement;
-// stopping the service then would cancel that publish, and the request,
-// answered, would go back to the stream as if it had failed.
+// settled waits until the service counts n requests answered (benchkit.Settled).
 func (s *service) settled(ctx context.Context, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		mfs, err := s.reg.Gather()
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		answered := 0.0
-		for _, mf := range mfs {
-			if mf.GetName() == "pacsflow_generate_requests_total" {
-				for _, m := range mf.GetMetric() {
-					answered += m.GetCounter().GetValue()
-				}
-			}
-		}
-		if answered >= float64(n) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the service counts %.0f requests answered, want %d: %w", answered, n, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return benchkit.Settled(ctx, s.reg, benchkit.Counter{Name: "pacsflow_generate_requests_total"}, n, "requests answered")
 }
 
-// batchStats describes a run's model batches from the service's metrics.
-type batchStats struct {
-	count           uint64
-	meanSize, busyS float64
-	meanMs          float64
-	sizes           string // batches per size range, "1-1:160"
+func batchesOf(reg *prometheus.Registry) (benchkit.Batches, error) {
+	return benchkit.BatchesOf(reg, "pacsflow_generate", false)
 }
 
-func batchesOf(reg *prometheus.Registry) (batchStats, error) {
-	var st batchStats
-	mfs, err := reg.Gather()
-	if err != nil {
-		return st, fmt.Errorf("metrics: %w", err)
-	}
-	found := 0
-	for _, mf := range mfs {
-		if len(mf.GetMetric()) == 0 {
-			continue
-		}
-		h := mf.GetMetric()[0].GetHistogram()
-		switch mf.GetName() {
-		case "pacsflow_generate_batch_seconds":
-			st.busyS = h.GetSampleSum()
-			found++
-		case "pacsflow_generate_batch_size":
-			st.count = h.GetSampleCount()
-			if st.count > 0 {
-				st.meanSize = h.GetSampleSum() / float64(st.count)
-			}
-			var parts []string
-			prevB, prevN := 0.0, uint64(0)
-			for _, bk := range h.GetBucket() { // in increasing bounds
-				if c := bk.GetCumulativeCount() - prevN; c > 0 {
-					parts = append(parts, fmt.Sprintf("%g-%g:%d", prevB+1, bk.GetUpperBound(), c))
-				}
-				prevB, prevN = bk.GetUpperBound(), bk.GetCumulativeCount()
-			}
-			if c := st.count - prevN; c > 0 {
-				parts = append(parts, fmt.Sprintf(">%g:%d", prevB, c))
-			}
-			st.sizes = strings.Join(parts, ",")
-			found++
-		}
-	}
-	if found != 2 {
-		return st, errors.New("metrics: no pacsflow_generate_batch_size or pacsflow_generate_batch_seconds")
-	}
-	if st.count > 0 {
-		st.meanMs = 1000 * st.busyS / float64(st.count)
-	}
-	return st, nil
+// collect receives the ai.augmentation.generated events.
+func (b *bench) collect(n int) (*benchkit.Collector, error) {
+	return benchkit.Collect(b.Conn, 2*n+64, events.SubjectAugmentationGenerated+".>")
 }
-
-// arrival is an ai.augmentation.generated event as this process received it.
-type arrival struct {
-	at  time.Time
-	rcv *events.Received
-	err error
-}
-
-// collector receives the ai.augmentation.generated events on a core NATS
-// subscription: the time a subscriber sees them.
-type collector struct {
-	ch   chan arrival
-	sub  *nats.Subscription
-	lost atomic.Int64
-}
-
-func (b *bench) collect(n int) (*collector, error) {
-	c := &collector{ch: make(chan arrival, 2*n+64)}
-	subj := events.SubjectAugmentationGenerated + ".>"
-	var err error
-	c.sub, err = b.nc.Subscribe(subj, func(m *nats.Msg) {
-		a := arrival{at: time.Now()}
-		a.rcv, a.err = events.Decode(m.Subject, m.Header, m.Data)
-		select {
-		case c.ch <- a:
-		default:
-			// Never block the connection's delivery: an unexpected flood is
-			// counted and fails the run instead.
-			c.lost.Add(1)
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
-	}
-	if err := b.nc.Flush(); err != nil {
-		c.close()
-		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
-	}
-	return c, nil
-}
-
-func (c *collector) close() { _ = c.sub.Unsubscribe() }
 
 // generated is a request's event as received.
 type generated struct {
@@ -894,30 +643,30 @@ type generated struct {
 	data *events.AugmentationGenerated
 }
 
-// wait collects events until every request of want has its event, and
+// awaitGenerated collects events from c until every request of want has its event, and
 // checks that each has count synthetic images.
-func (c *collector) wait(ctx context.Context, want map[string]bool, count int, timeout time.Duration) (map[string]*generated, error) {
+func awaitGenerated(ctx context.Context, c *benchkit.Collector, want map[string]bool, count int, timeout time.Duration) (map[string]*generated, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	got := map[string]*generated{}
 	for len(got) < len(want) {
 		select {
-		case a := <-c.ch:
-			if a.err != nil {
-				return nil, fmt.Errorf("generated event: %w", a.err)
+		case a := <-c.C:
+			if a.Err != nil {
+				return nil, fmt.Errorf("generated event: %w", a.Err)
 			}
 			var g events.AugmentationGenerated
-			if err := json.Unmarshal(a.rcv.Data, &g); err != nil {
-				return nil, fmt.Errorf("generated event %s: %w", a.rcv.ID, err)
+			if err := json.Unmarshal(a.Rcv.Data, &g); err != nil {
+				return nil, fmt.Errorf("generated event %s: %w", a.Rcv.ID, err)
 			}
 			if !want[g.RequestID] {
-				return nil, fmt.Errorf("generated event %s answers request %s, not one of this run", a.rcv.ID, g.RequestID)
+				return nil, fmt.Errorf("generated event %s answers request %s, not one of this run", a.Rcv.ID, g.RequestID)
 			}
 			if len(g.Objects) != count || !g.Synthetic {
 				return nil, fmt.Errorf("request %s: %d images (synthetic %t), want %d", g.RequestID, len(g.Objects), g.Synthetic, count)
 			}
 			if got[g.RequestID] == nil {
-				got[g.RequestID] = &generated{at: a.at, data: &g}
+				got[g.RequestID] = &generated{at: a.At, data: &g}
 			}
 		case <-deadline.C:
 			return nil, fmt.Errorf("%d of %d requests without ai.augmentation.generated after %v", len(want)-len(got), len(want), timeout)
@@ -925,7 +674,7 @@ func (c *collector) wait(ctx context.Context, want map[string]bool, count int, t
 			return nil, ctx.Err()
 		}
 	}
-	if n := c.lost.Load(); n > 0 {
+	if n := c.Lost(); n > 0 {
 		return nil, fmt.Errorf("%d generated events not recorded (the collector's buffer was full)", n)
 	}
 	return got, nil
@@ -934,24 +683,16 @@ func (c *collector) wait(ctx context.Context, want map[string]bool, count int, t
 // checkStored checks that the events stream holds one generated event per
 // request and that every image is in the object store, as its event says.
 func (b *bench) checkStored(ctx context.Context, got map[string]*generated) error {
-	st, err := b.js.Stream(ctx, events.StreamConfig{}.StreamName())
+	stored, err := benchkit.StoredEvents(ctx, b.JS, events.SubjectAugmentationGenerated+".>")
 	if err != nil {
-		return fmt.Errorf("events stream: %w", err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.SubjectAugmentationGenerated+".>"))
-	if err != nil {
-		return fmt.Errorf("events stream: %w", err)
-	}
-	var stored uint64
-	for _, c := range info.State.Subjects {
-		stored += c
+		return err
 	}
 	if stored != uint64(len(got)) {
 		return fmt.Errorf("the stream holds %d ai.augmentation.generated events, want %d", stored, len(got))
 	}
 	for _, g := range got {
 		for _, o := range g.data.Objects {
-			obj, err := b.store.Stat(ctx, o.Object.Key)
+			obj, err := b.Store.Stat(ctx, o.Object.Key)
 			if err != nil {
 				return fmt.Errorf("request %s: image %s: %w", g.data.RequestID, o.SOPInstanceUID, err)
 			}
@@ -963,5 +704,3 @@ func (b *bench) checkStored(ctx context.Context, got map[string]*generated) erro
 	}
 	return nil
 }
-
-func ms(d time.Duration) float64 { return float64(d) / 1e6 }

@@ -52,31 +52,27 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pacsflow/pacsflow/bench/internal/benchkit"
 	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/imaging"
 	"github.com/pacsflow/pacsflow/pkg/model"
-	"github.com/pacsflow/pacsflow/pkg/natsserver"
 	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
 	"github.com/pacsflow/pacsflow/pkg/synth"
-	"github.com/pacsflow/pacsflow/pkg/uid"
 	"github.com/pacsflow/pacsflow/services/understand"
 )
 
@@ -86,23 +82,18 @@ const (
 	targetP95Millis = 1000.0
 )
 
-// calledAE is the AE title the study events name, as if sent to pacsflow.
-const calledAE = "PACSFLOW"
-
 type options struct {
-	model, python, work        string
-	size, seed                 int
+	benchkit.Common
+	size                       int
 	backlog, backlogImages     int
 	latencyStudies, latImages  int
 	studies, decoders, workers int
 	batchSize                  int
 	batchWait                  time.Duration
-	intraOp, interOp           int
 	modelBatches               []int
 	modelTime, decodeTime      time.Duration
-	timeout                    time.Duration
 	phases                     map[string]bool
-	keep, verbose              bool
+	verbose                    bool
 }
 
 var allPhases = []string{"decode", "model", "throughput", "latency"}
@@ -131,16 +122,8 @@ flags:
 		fs.PrintDefaults()
 	}
 	o := &options{}
-	py := os.Getenv("PACSFLOW_PYTHON")
-	if py == "" {
-		py = "python3"
-	}
-	fs.StringVar(&o.model, "model", "model/reference", "model directory")
-	fs.StringVar(&o.python, "python", py, "Python with numpy, for the phantom generator ($PACSFLOW_PYTHON when set, else python3)")
-	fs.StringVar(&o.work, "work", "", "folder for the studies and the NATS store, kept (default: a new temporary folder, removed at the end unless --keep)")
-	fs.BoolVar(&o.keep, "keep", false, "keep the temporary work folder")
+	o.Common.Register(fs)
 	fs.IntVar(&o.size, "size", synth.DefaultSize, "rows and columns of the CR and DX images (16-bit)")
-	fs.IntVar(&o.seed, "seed", 1, "seed of the synthetic studies")
 	fs.IntVar(&o.backlog, "backlog", 40, "studies in the throughput backlog")
 	fs.IntVar(&o.backlogImages, "images-per-series", 4, "images in each of the CR and DX series of a backlog study (a study has twice as many)")
 	fs.IntVar(&o.latencyStudies, "latency-studies", 20, "studies published one at a time in the latency phase")
@@ -150,12 +133,9 @@ flags:
 	fs.IntVar(&o.workers, "workers", 1, "batch.Config.Workers: model batches run at once, in every run")
 	fs.IntVar(&o.batchSize, "batch-size", 32, "largest batch of the dynamic-batching runs")
 	fs.DurationVar(&o.batchWait, "batch-wait", 5*time.Millisecond, "batch wait of the dynamic-batching runs")
-	fs.IntVar(&o.intraOp, "intra-op", 1, "TensorFlow intra-op threads (0: one per core)")
-	fs.IntVar(&o.interOp, "inter-op", 1, "TensorFlow inter-op threads (0: TensorFlow chooses)")
 	batches := fs.String("model-batches", "1,8,32", "batch sizes of the model phase, comma-separated")
 	fs.DurationVar(&o.modelTime, "model-seconds", 3*time.Second, "how long the model phase runs each batch size")
 	fs.DurationVar(&o.decodeTime, "decode-seconds", time.Second, "how long the decode phase runs each of its three measurements")
-	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "longest wait for a run's results")
 	phases := fs.String("phases", strings.Join(allPhases, ","), "phases to run, comma-separated: "+strings.Join(allPhases, ", "))
 	fs.BoolVar(&o.verbose, "v", false, "log the service's info lines and each latency study")
 	if err := fs.Parse(args); err != nil {
@@ -164,19 +144,16 @@ flags:
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for _, s := range strings.Split(*batches, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("--model-batches %q: want positive integers", *batches)
-		}
-		o.modelBatches = append(o.modelBatches, n)
+	var err error
+	if o.modelBatches, err = benchkit.Ints("model-batches", *batches); err != nil {
+		return nil, err
+	}
+	ps, err := benchkit.Choices("phases", "phase", *phases, allPhases)
+	if err != nil {
+		return nil, err
 	}
 	o.phases = map[string]bool{}
-	for _, p := range strings.Split(*phases, ",") {
-		p = strings.TrimSpace(p)
-		if !slices.Contains(allPhases, p) {
-			return nil, fmt.Errorf("--phases: unknown phase %q (have %s)", p, strings.Join(allPhases, ", "))
-		}
+	for _, p := range ps {
 		o.phases[p] = true
 	}
 	switch {
@@ -192,36 +169,17 @@ flags:
 	return o, nil
 }
 
-func main() {
-	o, err := parseOptions(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "understand bench: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, o)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "understand bench: FAIL: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("understand", parseOptions, run) }
 
 // bench is what the phases share.
 type bench struct {
-	o       *options
-	srv     *natsserver.Server
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	store   *objstore.Store
-	model   *model.Model
-	log     *slog.Logger
-	backlog []*study
-	latency []*study
-	runs    int // service runs so far: each gets its own analyses bucket
+	o              *options
+	*benchkit.NATS // the server, this process's connection, its object store
+	model          *model.Model
+	log            *slog.Logger
+	backlog        []*study
+	latency        []*study
+	runs           int // service runs so far: each gets its own analyses bucket
 	// modelRate is the model phase's images/s by batch size.
 	modelRate map[int]float64
 }
@@ -235,79 +193,47 @@ type study struct {
 	keys   []string // their object keys
 }
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
-}
-
 func run(ctx context.Context, o *options) (err error) {
 	b := &bench{o: o, modelRate: map[int]float64{}}
-	level := slog.LevelWarn
-	if o.verbose {
-		level = slog.LevelInfo
+	b.log = benchkit.Logger(o.verbose)
+	work, done, err := benchkit.WorkFolder(o.Work, o.Keep, "pacsflow-bench-understand-")
+	if err != nil {
+		return err
 	}
-	b.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	work := o.work
-	if work == "" {
-		if work, err = os.MkdirTemp("", "pacsflow-bench-understand-"); err != nil {
-			return fmt.Errorf("work folder: %w", err)
-		}
-	}
-	// Only a folder made here is removed: one named with --work may hold
-	// other things.
-	if o.work == "" && !o.keep {
-		defer func() {
-			if rerr := os.RemoveAll(work); rerr != nil && err == nil {
-				err = fmt.Errorf("remove the work folder: %w", rerr)
-			}
-		}()
-	}
-	progress("work folder %s", work)
-	load0 := loadAverage()
-	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), load average %s at start\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), load0)
+	defer done(&err)
+	load0 := benchkit.PrintMachine()
 
 	// The model first: without TensorFlow (a build without -tags
 	// tensorflow) there is nothing to measure, and this says so at once.
 	start := time.Now()
-	b.model, err = model.Open(ctx, o.model, model.Options{IntraOpThreads: o.intraOp, InterOpThreads: o.interOp})
+	b.model, err = model.Open(ctx, o.Model, model.Options{IntraOpThreads: o.IntraOp, InterOpThreads: o.InterOp})
 	if err != nil {
 		return err
 	}
 	defer b.model.Close()
-	c := b.model.Contract()
-	fmt.Printf("model: %s %s from %s, loaded in %v; TensorFlow threads intra-op %d, inter-op %d (0: TensorFlow's default)\n",
-		c.Model.Name, c.Model.Version, o.model, time.Since(start).Round(time.Millisecond), o.intraOp, o.interOp)
+	benchkit.PrintModel(b.model, o.Model, start, o.IntraOp, o.InterOp)
 
 	needBacklog := o.phases["decode"] || o.phases["model"] || o.phases["throughput"]
 	var backlogTruth, latencyTruth *synth.Result
 	backlogDir, latencyDir := filepath.Join(work, "backlog"), filepath.Join(work, "latency")
 	if needBacklog {
 		if backlogTruth, err = writeStudies(ctx, backlogDir, synth.Config{Studies: o.backlog, ImagesPerSeries: o.backlogImages,
-			Size: o.size, Finding: synth.FindingMixed, Seed: uint64(o.seed)}, o.python); err != nil {
+			Size: o.size, Finding: synth.FindingMixed, Seed: uint64(o.Seed)}, o.Python); err != nil {
 			return err
 		}
 	}
 	if o.phases["latency"] {
 		// Another seed: other UIDs, so that no study of the backlog is met again.
 		if latencyTruth, err = writeStudies(ctx, latencyDir, synth.Config{Studies: o.latencyStudies, ImagesPerSeries: o.latImages,
-			Size: o.size, Finding: synth.FindingMixed, Seed: uint64(o.seed) + 1000}, o.python); err != nil {
+			Size: o.size, Finding: synth.FindingMixed, Seed: uint64(o.Seed) + 1000}, o.Python); err != nil {
 			return err
 		}
 	}
 
-	if b.srv, err = natsserver.Start(natsserver.Config{StoreDir: filepath.Join(work, "nats")}); err != nil {
+	if b.NATS, err = benchkit.StartNATS(ctx, filepath.Join(work, "nats"), "pacsflow-bench-understand"); err != nil {
 		return err
 	}
-	defer b.srv.Shutdown()
-	if b.nc, err = b.srv.Connect(nats.Name("pacsflow-bench-understand")); err != nil {
-		return err
-	}
-	defer b.nc.Close()
-	if b.js, err = jetstream.New(b.nc); err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if b.store, err = objstore.New(ctx, b.js, objstore.Config{}); err != nil {
-		return err
-	}
+	defer b.NATS.Close()
 	if backlogTruth != nil {
 		if b.backlog, err = b.putStudies(ctx, backlogDir, backlogTruth); err != nil {
 			return err
@@ -322,8 +248,8 @@ func run(ctx context.Context, o *options) (err error) {
 	fmt.Printf("service: studies %d at once, decoders %d, batch workers %d; dynamic batching: up to %d images, wait %v\n",
 		o.studies, o.decoders, o.workers, o.batchSize, o.batchWait)
 	fmt.Printf("RESULT test=setup cpus=%d gomaxprocs=%d load_start=%s size=%d intra_op=%d inter_op=%d studies=%d decoders=%d workers=%d batch_size=%d batch_wait_ms=%g\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.ReplaceAll(load0, " ", ","), o.size, o.intraOp, o.interOp,
-		o.studies, o.decoders, o.workers, o.batchSize, ms(o.batchWait))
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), strings.ReplaceAll(load0, " ", ","), o.size, o.IntraOp, o.InterOp,
+		o.studies, o.decoders, o.workers, o.batchSize, benchkit.Ms(o.batchWait))
 
 	var imgs []model.Image
 	if o.phases["decode"] || o.phases["model"] {
@@ -346,23 +272,8 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
-	load1 := loadAverage()
-	fmt.Printf("load average %s at the end\n", load1)
-	fmt.Printf("RESULT test=end load_end=%s\n", strings.ReplaceAll(load1, " ", ","))
+	benchkit.PrintEnd()
 	return nil
-}
-
-// loadAverage is the 1, 5 and 15 minute load averages, or "unknown".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // writeStudies writes synthetic studies into dir with the phantom generator.
@@ -372,12 +283,9 @@ func writeStudies(ctx context.Context, dir string, cfg synth.Config, python stri
 	if err != nil {
 		return nil, fmt.Errorf("write %d synthetic studies: %w", cfg.Studies, err)
 	}
-	progress("wrote %d studies, %d instances, %.0f MB in %v", cfg.Studies, res.Instances, float64(res.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
+	benchkit.Progress("wrote %d studies, %d instances, %.0f MB in %v", cfg.Studies, res.Instances, float64(res.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
 	return res, nil
 }
-
-// sopClasses are the SOP classes synth writes, by modality.
-var sopClasses = map[string]string{"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}
 
 // putStudies puts every instance of the studies synth wrote into the object
 // store, as ingest does, and builds each study's event data.
@@ -386,83 +294,34 @@ func (b *bench) putStudies(ctx context.Context, dir string, res *synth.Result) (
 	var out []*study
 	for _, ts := range res.Truth.Studies {
 		s := &study{uid: ts.StudyInstanceUID}
-		d := &events.StudyReceived{
-			Patient:    events.Patient{ID: ts.PatientID, Name: ts.PatientName},
-			Study:      events.Study{StudyInstanceUID: ts.StudyInstanceUID, AccessionNumber: ts.AccessionNumber, Description: "SYNTHETIC CHEST PHANTOM"},
-			CallingAEs: []string{"BENCH"}, CalledAEs: []string{calledAE}, Associations: []string{"bench-" + ts.AccessionNumber},
-			Trigger: events.TriggerQuietPeriod, Generation: 1,
-		}
-		series := map[string]int{}
+		d := benchkit.NewStudyData(ts)
 		for _, f := range ts.Files {
 			p := filepath.Join(dir, filepath.FromSlash(f.Path))
 			key, err := storage.InstanceKey(ts.StudyInstanceUID, f.SeriesInstanceUID, f.SOPInstanceUID, "v1")
 			if err != nil {
 				return nil, err
 			}
-			obj, err := putFile(ctx, b.store, key, p)
+			obj, err := benchkit.PutFile(ctx, b.Store, key, p)
 			if err != nil {
 				return nil, err
 			}
-			if d.FirstReceivedAt.IsZero() {
-				d.FirstReceivedAt = obj.Modified
-			}
-			d.LastReceivedAt = obj.Modified
-			i, ok := series[f.SeriesInstanceUID]
-			if !ok {
-				i = len(d.Series)
-				series[f.SeriesInstanceUID] = i
-				d.Series = append(d.Series, events.SeriesManifest{SeriesInstanceUID: f.SeriesInstanceUID, SeriesNumber: i + 1, Modality: f.Modality})
-				if !slices.Contains(d.Modalities, f.Modality) {
-					d.Modalities = append(d.Modalities, f.Modality)
-				}
-			}
-			se := &d.Series[i]
-			se.Instances = append(se.Instances, events.InstanceRef{
-				SOPInstanceUID: f.SOPInstanceUID, SOPClassUID: sopClasses[f.Modality], InstanceNumber: len(se.Instances) + 1,
-				TransferSyntaxUID: uid.ExplicitVRLittleEndian, ReceivedAt: obj.Modified,
-				Object: events.StoredObject{Backend: events.BackendObjectStore, Bucket: objstore.DefaultBucket, Key: key, Size: obj.Size, SHA256: obj.SHA256},
-			})
-			se.NumInstances++
-			se.Bytes += obj.Size
-			d.NumInstances++
-			d.Bytes += obj.Size
+			d.Add(f, key, obj)
 			s.files, s.keys = append(s.files, p), append(s.keys, key)
 		}
-		sort.Strings(d.Modalities)
-		d.NumSeries = len(d.Series)
-		s.data, s.images = d, d.NumInstances
-		// The event must be one the service's contract accepts, or the
-		// benchmark would measure a rejection.
-		m, err := s.event().Message()
-		if err != nil {
+		var err error
+		if s.data, err = d.Done(); err != nil {
 			return nil, err
 		}
-		if err := events.ValidateMessage(m.Subject, m.Header, m.Data); err != nil {
-			return nil, fmt.Errorf("study event of %s: %w", s.uid, err)
-		}
+		s.images = s.data.NumInstances
 		out = append(out, s)
 	}
-	progress("put %d instances into the object store in %v", res.Instances, time.Since(start).Round(time.Millisecond))
+	benchkit.Progress("put %d instances into the object store in %v", res.Instances, time.Since(start).Round(time.Millisecond))
 	return out, nil
-}
-
-func putFile(ctx context.Context, store *objstore.Store, key, path string) (storage.Object, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return storage.Object{}, fmt.Errorf("put instance: %w", err)
-	}
-	defer f.Close()
-	return store.Put(ctx, key, f)
 }
 
 // event is a new pacs.study.received event of the study; its time is set
 // when it is published.
-func (s *study) event() *events.Event {
-	return &events.Event{
-		ID: "study/" + s.uid + "/1", Type: events.TypeStudyReceived, Source: "pacsflow/bench", Subject: s.uid,
-		NATSSubject: events.StudySubject(events.SubjectStudyReceived, s.data.Modalities, calledAE), Data: s.data,
-	}
-}
+func (s *study) event() *events.Event { return benchkit.StudyEvent(s.data) }
 
 func images(set []*study) int {
 	n := 0
@@ -506,7 +365,7 @@ func (b *bench) decodePhase(ctx context.Context, measure bool) ([]model.Image, e
 	}
 	fetchDecode := func(i int) error {
 		// What the service does per image: read the object, then decode.
-		rc, _, err := b.store.Open(ctx, keys[i%len(keys)])
+		rc, _, err := b.Store.Open(ctx, keys[i%len(keys)])
 		if err != nil {
 			return err
 		}
@@ -592,9 +451,9 @@ func (b *bench) modelPhase(ctx context.Context, imgs []model.Image) error {
 		el := time.Since(start)
 		rate := float64(calls*n) / el.Seconds()
 		b.modelRate[n] = rate
-		fmt.Printf("batch %-3d %8.1f images/s  %7.1f ms per batch\n", n, rate, ms(el)/float64(calls))
+		fmt.Printf("batch %-3d %8.1f images/s  %7.1f ms per batch\n", n, rate, benchkit.Ms(el)/float64(calls))
 		fmt.Printf("RESULT test=model batch=%d images_per_s=%.1f ms_per_batch=%.1f intra_op=%d inter_op=%d\n",
-			n, rate, ms(el)/float64(calls), b.o.intraOp, b.o.interOp)
+			n, rate, benchkit.Ms(el)/float64(calls), b.o.IntraOp, b.o.InterOp)
 	}
 	return nil
 }
@@ -614,17 +473,13 @@ type service struct {
 // creates a service with its own connection, registry and analyses bucket.
 // The caller starts it.
 func (b *bench) freshService(ctx context.Context, cfg batch.Config) (*service, *understand.Service, error) {
-	name := events.StreamConfig{}.StreamName()
-	if err := b.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil, fmt.Errorf("delete stream %s: %w", name, err)
-	}
-	if _, err := events.Provision(ctx, b.js, events.StreamConfig{}); err != nil {
+	if err := benchkit.FreshStream(ctx, b.JS); err != nil {
 		return nil, nil, err
 	}
 	s := &service{reg: prometheus.NewRegistry()}
 	var err error
 	// Its own connection, as a separate process would have.
-	if s.nc, err = b.srv.Connect(nats.Name("pacsflow-bench-understand-service")); err != nil {
+	if s.nc, err = b.Server.Connect(nats.Name("pacsflow-bench-understand-service")); err != nil {
 		return nil, nil, err
 	}
 	js, err := jetstream.New(s.nc)
@@ -671,106 +526,13 @@ func (s *service) stop() error {
 	return s.err
 }
 
-// settled waits until the service counts n studies analyzed. A subscriber
-// sees the triage before its publisher has JetStream's acknowledgement;
-// stopping the service then would cancel that publish, and the study,
-// stored and complete, would go back to the stream as if it had failed.
+// settled waits until the service counts n studies analyzed (benchkit.Settled).
 func (s *service) settled(ctx context.Context, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		mfs, err := s.reg.Gather()
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		analyzed := 0.0
-		for _, mf := range mfs {
-			if mf.GetName() != "pacsflow_understand_studies_total" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "outcome" && l.GetValue() == "analyzed" {
-						analyzed = m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-		if analyzed >= float64(n) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the service counts %.0f studies analyzed, want %d: %w", analyzed, n, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return benchkit.Settled(ctx, s.reg, benchkit.Counter{Name: "pacsflow_understand_studies_total", Label: "outcome", Value: "analyzed"}, n, "studies analyzed")
 }
 
-// histogram returns the sample count and sum of a histogram of reg.
-func histogram(reg *prometheus.Registry, name string) (count uint64, sum float64, buckets map[float64]uint64, err error) {
-	mfs, err := reg.Gather()
-	if err != nil {
-		return 0, 0, nil, fmt.Errorf("metrics: %w", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
-			continue
-		}
-		h := mf.GetMetric()[0].GetHistogram()
-		buckets = map[float64]uint64{}
-		for _, bk := range h.GetBucket() {
-			buckets[bk.GetUpperBound()] = bk.GetCumulativeCount()
-		}
-		return h.GetSampleCount(), h.GetSampleSum(), buckets, nil
-	}
-	return 0, 0, nil, fmt.Errorf("metrics: no %s", name)
-}
-
-// batchStats describes a run's model batches from the service's metrics.
-type batchStats struct {
-	count            uint64
-	meanSize, busyS  float64
-	meanMs, meanWait float64
-	sizes            string // batches per size range
-}
-
-func batchesOf(reg *prometheus.Registry) (batchStats, error) {
-	var st batchStats
-	n, sum, buckets, err := histogram(reg, "pacsflow_understand_batch_size")
-	if err != nil {
-		return st, err
-	}
-	_, run, _, err := histogram(reg, "pacsflow_understand_batch_seconds")
-	if err != nil {
-		return st, err
-	}
-	_, wait, _, err := histogram(reg, "pacsflow_understand_batch_wait_seconds")
-	if err != nil {
-		return st, err
-	}
-	st.count, st.busyS = n, run
-	if n > 0 {
-		st.meanSize, st.meanMs, st.meanWait = sum/float64(n), 1000*run/float64(n), 1000*wait/float64(n)
-	}
-	bounds := make([]float64, 0, len(buckets))
-	for ub := range buckets {
-		bounds = append(bounds, ub)
-	}
-	sort.Float64s(bounds)
-	var parts []string
-	prevB, prevN := 0.0, uint64(0)
-	for _, ub := range bounds {
-		if c := buckets[ub] - prevN; c > 0 {
-			parts = append(parts, fmt.Sprintf("%g-%g:%d", prevB+1, ub, c))
-		}
-		prevB, prevN = ub, buckets[ub]
-	}
-	if c := n - prevN; c > 0 {
-		parts = append(parts, fmt.Sprintf(">%g:%d", prevB, c))
-	}
-	st.sizes = strings.Join(parts, ",")
-	return st, nil
+func batchesOf(reg *prometheus.Registry) (benchkit.Batches, error) {
+	return benchkit.BatchesOf(reg, "pacsflow_understand", true)
 }
 
 // result is a study's results as this process received them.
@@ -781,58 +543,14 @@ type result struct {
 	level                string
 }
 
-type arrival struct {
-	at   time.Time
-	rcv  *events.Received
-	err  error
-	subj string
+// collect receives the ai.triage and ai.findings events.
+func (b *bench) collect(n int) (*benchkit.Collector, error) {
+	return benchkit.Collect(b.Conn, 4*n+64, events.SubjectAITriage+".>", events.SubjectAIFindings+".>")
 }
 
-// collector receives the ai.triage and ai.findings events on a core NATS
-// subscription: the time a subscriber sees them.
-type collector struct {
-	ch   chan arrival
-	subs []*nats.Subscription
-	lost atomic.Int64
-}
-
-func (b *bench) collect(n int) (*collector, error) {
-	c := &collector{ch: make(chan arrival, 4*n+64)}
-	h := func(m *nats.Msg) {
-		a := arrival{at: time.Now(), subj: m.Subject}
-		a.rcv, a.err = events.Decode(m.Subject, m.Header, m.Data)
-		select {
-		case c.ch <- a:
-		default:
-			// Never block the connection's delivery: an unexpected flood is
-			// counted and fails the run instead.
-			c.lost.Add(1)
-		}
-	}
-	for _, subj := range []string{events.SubjectAITriage + ".>", events.SubjectAIFindings + ".>"} {
-		s, err := b.nc.Subscribe(subj, h)
-		if err != nil {
-			c.close()
-			return nil, fmt.Errorf("subscribe %s: %w", subj, err)
-		}
-		c.subs = append(c.subs, s)
-	}
-	if err := b.nc.Flush(); err != nil {
-		c.close()
-		return nil, fmt.Errorf("subscribe: %w", err)
-	}
-	return c, nil
-}
-
-func (c *collector) close() {
-	for _, s := range c.subs {
-		_ = s.Unsubscribe()
-	}
-}
-
-// wait collects results until every study of want has its triage and
+// awaitResults collects results from c until every study of want has its triage and
 // findings, and checks that each analyzed all its images.
-func (c *collector) wait(ctx context.Context, got map[string]*result, want []*study, timeout time.Duration) error {
+func awaitResults(ctx context.Context, c *benchkit.Collector, got map[string]*result, want []*study, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	complete := func() bool {
@@ -845,8 +563,8 @@ func (c *collector) wait(ctx context.Context, got map[string]*result, want []*st
 	}
 	for !complete() {
 		select {
-		case a := <-c.ch:
-			if err := a.record(got); err != nil {
+		case a := <-c.C:
+			if err := record(a, got); err != nil {
 				return err
 			}
 		case <-deadline.C:
@@ -861,7 +579,7 @@ func (c *collector) wait(ctx context.Context, got map[string]*result, want []*st
 			return ctx.Err()
 		}
 	}
-	if n := c.lost.Load(); n > 0 {
+	if n := c.Lost(); n > 0 {
 		return fmt.Errorf("%d result events not recorded (the collector's buffer was full)", n)
 	}
 	for _, s := range want {
@@ -877,25 +595,25 @@ func (c *collector) wait(ctx context.Context, got map[string]*result, want []*st
 	return nil
 }
 
-func (a arrival) record(got map[string]*result) error {
-	if a.err != nil {
-		return fmt.Errorf("result event on %s: %w", a.subj, a.err)
+func record(a benchkit.Arrival, got map[string]*result) error {
+	if a.Err != nil {
+		return fmt.Errorf("result event on %s: %w", a.Subject, a.Err)
 	}
-	r := got[a.rcv.Subject]
+	r := got[a.Rcv.Subject]
 	if r == nil {
 		r = &result{}
-		got[a.rcv.Subject] = r
+		got[a.Rcv.Subject] = r
 	}
-	switch a.rcv.Type {
+	switch a.Rcv.Type {
 	case events.TypeAITriage:
-		r.triageAt, r.triageTime = a.at, a.rcv.Time
-		r.level = strings.Split(strings.TrimPrefix(a.subj, events.SubjectAITriage+"."), ".")[0]
+		r.triageAt, r.triageTime = a.At, a.Rcv.Time
+		r.level = strings.Split(strings.TrimPrefix(a.Subject, events.SubjectAITriage+"."), ".")[0]
 	case events.TypeAIFindings:
 		var f events.AIFindings
-		if err := json.Unmarshal(a.rcv.Data, &f); err != nil {
-			return fmt.Errorf("ai.findings of %s: %w", a.rcv.Subject, err)
+		if err := json.Unmarshal(a.Rcv.Data, &f); err != nil {
+			return fmt.Errorf("ai.findings of %s: %w", a.Rcv.Subject, err)
 		}
-		r.findings, r.findingsAt = &f, a.at
+		r.findings, r.findingsAt = &f, a.At
 	}
 	return nil
 }
@@ -907,7 +625,7 @@ type throughputRun struct {
 	seconds          float64
 	imagesPerS       float64
 	studiesPerS      float64
-	batches          batchStats
+	batches          benchkit.Batches
 	levels           map[string]int
 	firstTriageAfter float64
 }
@@ -929,12 +647,12 @@ func (b *bench) throughputPhase(ctx context.Context) error {
 		}
 		runs = append(runs, r)
 		fmt.Printf("%-8s %6.2f s  %7.1f images/s  %5.2f studies/s  batches %d, mean size %.1f (%s), model busy %.0f%% of the time, %.0f ms per batch, first triage after %.2f s\n",
-			r.name, r.seconds, r.imagesPerS, r.studiesPerS, r.batches.count, r.batches.meanSize, r.batches.sizes,
-			100*r.batches.busyS/r.seconds, r.batches.meanMs, r.firstTriageAfter)
+			r.name, r.seconds, r.imagesPerS, r.studiesPerS, r.batches.Count, r.batches.MeanSize, r.batches.Sizes,
+			100*r.batches.BusyS/r.seconds, r.batches.MeanMs, r.firstTriageAfter)
 		fmt.Printf("RESULT test=throughput mode=%s studies=%d images=%d seconds=%.3f images_per_s=%.1f studies_per_s=%.2f batches=%d mean_batch=%.2f batch_sizes=%s mean_batch_ms=%.1f mean_batch_wait_ms=%.1f model_busy=%.2f max_size=%d max_wait_ms=%g workers=%d concurrent_studies=%d decoders=%d intra_op=%d inter_op=%d\n",
-			r.name, len(b.backlog), n, r.seconds, r.imagesPerS, r.studiesPerS, r.batches.count, r.batches.meanSize, r.batches.sizes,
-			r.batches.meanMs, r.batches.meanWait, r.batches.busyS/r.seconds, r.cfg.MaxSize, ms(r.cfg.MaxWait), r.cfg.Workers,
-			b.o.studies, b.o.decoders, b.o.intraOp, b.o.interOp)
+			r.name, len(b.backlog), n, r.seconds, r.imagesPerS, r.studiesPerS, r.batches.Count, r.batches.MeanSize, r.batches.Sizes,
+			r.batches.MeanMs, r.batches.MeanWaitMs, r.batches.BusyS/r.seconds, r.cfg.MaxSize, benchkit.Ms(r.cfg.MaxWait), r.cfg.Workers,
+			b.o.studies, b.o.decoders, b.o.IntraOp, b.o.InterOp)
 	}
 	ratio := runs[1].imagesPerS / runs[0].imagesPerS
 	verdict := "meets"
@@ -958,7 +676,7 @@ func (b *bench) throughputPhase(ctx context.Context) error {
 }
 
 func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
-	progress("throughput %s: publishing %d studies", r.name, len(b.backlog))
+	benchkit.Progress("throughput %s: publishing %d studies", r.name, len(b.backlog))
 	s, svc, err := b.freshService(ctx, r.cfg)
 	if err != nil {
 		return err
@@ -968,18 +686,18 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 	if err != nil {
 		return err
 	}
-	defer col.close()
-	pub := events.NewPublisher(b.js, "pacsflow/bench")
+	defer col.Close()
+	pub := events.NewPublisher(b.JS, "pacsflow/bench")
 	for _, st := range b.backlog {
 		if _, err := pub.Publish(ctx, st.event()); err != nil {
 			return err
 		}
 	}
-	progress("throughput %s: service started", r.name)
+	benchkit.Progress("throughput %s: service started", r.name)
 	start := time.Now()
 	s.start(ctx, svc)
 	got := map[string]*result{}
-	if err := col.wait(ctx, got, b.backlog, b.o.timeout); err != nil {
+	if err := awaitResults(ctx, col, got, b.backlog, b.o.Timeout); err != nil {
 		return err
 	}
 	var first, last time.Time
@@ -1011,23 +729,15 @@ func (b *bench) throughput(ctx context.Context, r *throughputRun) error {
 	if err := b.checkStored(ctx, len(b.backlog)); err != nil {
 		return err
 	}
-	progress("throughput %s: %d studies in %.2f s, triage levels %v", r.name, len(b.backlog), r.seconds, r.levels)
+	benchkit.Progress("throughput %s: %d studies in %.2f s, triage levels %v", r.name, len(b.backlog), r.seconds, r.levels)
 	return nil
 }
 
 // checkStored checks that the events stream holds n ai.triage events.
 func (b *bench) checkStored(ctx context.Context, n int) error {
-	st, err := b.js.Stream(ctx, events.StreamConfig{}.StreamName())
+	stored, err := benchkit.StoredEvents(ctx, b.JS, events.SubjectAITriage+".>")
 	if err != nil {
-		return fmt.Errorf("events stream: %w", err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(events.SubjectAITriage+".>"))
-	if err != nil {
-		return fmt.Errorf("events stream: %w", err)
-	}
-	var stored uint64
-	for _, c := range info.State.Subjects {
-		stored += c
+		return err
 	}
 	if stored != uint64(n) {
 		return fmt.Errorf("the stream holds %d ai.triage events, want %d", stored, n)
@@ -1048,14 +758,14 @@ func (b *bench) latencyPhase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer col.close()
+	defer col.Close()
 	s.start(ctx, svc)
 	// Idle means waiting for work: the consumer exists and its pull request
 	// is with the server, so no study pays for the service's start.
 	if err := b.waitIdle(ctx); err != nil {
 		return err
 	}
-	pub := events.NewPublisher(b.js, "pacsflow/bench")
+	pub := events.NewPublisher(b.JS, "pacsflow/bench")
 	got := map[string]*result{}
 	var lat, endLat, wait, dec, inf, total []float64
 	for i, st := range b.latency {
@@ -1063,16 +773,16 @@ func (b *bench) latencyPhase(ctx context.Context) error {
 			return err
 		}
 		published := time.Now()
-		if err := col.wait(ctx, got, []*study{st}, b.o.timeout); err != nil {
+		if err := awaitResults(ctx, col, got, []*study{st}, b.o.Timeout); err != nil {
 			return err
 		}
 		r := got[st.uid]
-		l, e := ms(r.triageAt.Sub(published)), ms(r.triageTime.Sub(published))
+		l, e := benchkit.Ms(r.triageAt.Sub(published)), benchkit.Ms(r.triageTime.Sub(published))
 		t := r.findings.Timings
 		lat, endLat = append(lat, l), append(endLat, e)
 		wait, dec, inf, total = append(wait, 1000*t.Wait), append(dec, 1000*t.Decode), append(inf, 1000*t.Inference), append(total, 1000*t.Total)
 		if b.o.verbose {
-			progress("latency %d/%d: %.0f ms to ai.triage received (analysis end %.0f ms; wait %.0f, decode %.0f, inference %.0f, total %.0f)",
+			benchkit.Progress("latency %d/%d: %.0f ms to ai.triage received (analysis end %.0f ms; wait %.0f, decode %.0f, inference %.0f, total %.0f)",
 				i+1, len(b.latency), l, e, 1000*t.Wait, 1000*t.Decode, 1000*t.Inference, 1000*t.Total)
 		}
 	}
@@ -1098,10 +808,10 @@ func (b *bench) latencyPhase(ctx context.Context) error {
 	fmt.Printf("publish → analysis end (triage ce-time): p50 %.0f ms, p95 %.0f ms, max %.0f ms\n", pct(endLat, 50), pct(endLat, 95), pct(endLat, 100))
 	fmt.Printf("ai.findings timings, mean: wait %.1f ms, decode %.1f ms, inference %.1f ms, total %.1f ms (decode and inference overlap)\n",
 		mean(wait), mean(dec), mean(inf), mean(total))
-	fmt.Printf("batches %d, mean size %.1f (%s), %.0f ms per batch\n", bs.count, bs.meanSize, bs.sizes, bs.meanMs)
+	fmt.Printf("batches %d, mean size %.1f (%s), %.0f ms per batch\n", bs.Count, bs.MeanSize, bs.Sizes, bs.MeanMs)
 	fmt.Printf("RESULT test=latency studies=%d images=%d p50_ms=%.1f p95_ms=%.1f max_ms=%.1f min_ms=%.1f mean_ms=%.1f end_p50_ms=%.1f end_p95_ms=%.1f wait_ms=%.1f decode_ms=%.1f inference_ms=%.1f total_ms=%.1f batches=%d mean_batch=%.2f batch_sizes=%s target_p95_ms=%g met=%t\n",
 		len(lat), b.latency[0].images, pct(lat, 50), pct(lat, 95), pct(lat, 100), pct(lat, 0), mean(lat), pct(endLat, 50), pct(endLat, 95),
-		mean(wait), mean(dec), mean(inf), mean(total), bs.count, bs.meanSize, bs.sizes, targetP95Millis, pct(lat, 95) <= targetP95Millis)
+		mean(wait), mean(dec), mean(inf), mean(total), bs.Count, bs.MeanSize, bs.Sizes, targetP95Millis, pct(lat, 95) <= targetP95Millis)
 	return nil
 }
 
@@ -1110,7 +820,7 @@ func (b *bench) waitIdle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		c, err := b.js.Consumer(ctx, events.StreamConfig{}.StreamName(), "understand")
+		c, err := b.JS.Consumer(ctx, events.StreamConfig{}.StreamName(), "understand")
 		if err == nil {
 			info, err := c.Info(ctx)
 			if err == nil && info.NumWaiting > 0 {
@@ -1124,8 +834,6 @@ func (b *bench) waitIdle(ctx context.Context) error {
 		}
 	}
 }
-
-func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
 func mean(v []float64) float64 {
 	if len(v) == 0 {
