@@ -17,6 +17,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/genimage"
 	"github.com/pacsflow/pacsflow/pkg/model"
+	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/services/generate"
 )
 
@@ -93,7 +94,7 @@ func runGenerateRequest(ctx context.Context, args []string, stdout, stderr io.Wr
 	}
 	r := &events.AugmentationRequested{StudyInstanceUID: *study, SOPInstanceUID: *sop, Task: *task, Prompt: *prompt, Count: *count, Seed: *seed}
 	e := generate.NewRequest("cli", r)
-	if err := events.ValidateData(events.TypeAugmentationRequested, mustMarshal(r)); err != nil {
+	if err := generate.Validate(r); err != nil {
 		return err
 	}
 	nc, js, err := connectJetStream(*natsURL, "pacsflow-generate-request")
@@ -116,11 +117,6 @@ func runGenerateRequest(ctx context.Context, args []string, stdout, stderr io.Wr
 	}
 	printGenerated(stdout, g)
 	return nil
-}
-
-func mustMarshal(v any) []byte {
-	b, _ := json.Marshal(v) // event data types always encode
-	return b
 }
 
 // findGenerated reads the stream for the generated event of a request; with follow it waits
@@ -199,12 +195,7 @@ func runGenerateFetch(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("create %s: %w", *out, err)
 	}
 	for _, o := range g.Objects {
-		rc, _, err := store.Open(ctx, o.Object.Key)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", o.Object.Key, err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
+		b, err := storage.ReadAll(ctx, store, o.Object.Key, 0)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", o.Object.Key, err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/model"
+	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/triage"
 	"github.com/pacsflow/pacsflow/services/understand"
 )
@@ -71,7 +72,7 @@ func (f *understandFlags) policy() (*triage.Policy, error) {
 
 // open loads the model and returns the service's configuration around it; the caller closes
 // the model.
-func (f *understandFlags) open(ctx context.Context, objects understand.Objects, streams events.StreamConfig, replicas int,
+func (f *understandFlags) open(ctx context.Context, objects storage.Reader, streams events.StreamConfig, replicas int,
 	reg prometheus.Registerer, log *slog.Logger, stdout io.Writer) (*model.Model, understand.Config, error) {
 	policy, err := f.policy()
 	if err != nil {

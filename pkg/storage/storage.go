@@ -5,6 +5,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,39 @@ var (
 	ErrFull        = errors.New("storage is full")
 	ErrUnavailable = errors.New("storage is unavailable")
 )
+
+// Reader opens stored objects; every Store is one.
+type Reader interface {
+	Open(ctx context.Context, key string) (io.ReadCloser, Object, error)
+}
+
+// ErrTooLarge reports an object larger than ReadAll was allowed to read.
+var ErrTooLarge = errors.New("object larger than allowed")
+
+// ReadAll returns the bytes of the object under key. With limit > 0 it reads
+// at most limit bytes, and an object larger than that is ErrTooLarge: an
+// object that grew past what its event says is not read whole into memory.
+func ReadAll(ctx context.Context, r Reader, key string, limit int64) ([]byte, error) {
+	rc, obj, err := r.Open(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var src io.Reader = rc
+	size := obj.Size
+	if limit > 0 {
+		src, size = io.LimitReader(rc, limit+1), min(size, limit)
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(max(size, 0)) + bytes.MinRead)
+	if _, err := buf.ReadFrom(src); err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	if limit > 0 && int64(buf.Len()) > limit {
+		return nil, fmt.Errorf("%w: %s has more than %d bytes", ErrTooLarge, key, limit)
+	}
+	return buf.Bytes(), nil
+}
 
 // maxKeyLen bounds keys: three UIDs, a version and separators.
 const maxKeyLen = 3*uid.MaxLen + 64 + 3

@@ -237,8 +237,8 @@ func (s *Service) handle(ctx context.Context, d *events.Delivery) error {
 
 // check refuses a request no retry can answer.
 func (s *Service) check(r *events.AugmentationRequested) error {
-	if err := events.ValidateData(events.TypeAugmentationRequested, mustJSON(r)); err != nil {
-		return fmt.Errorf("request %s: %w", r.RequestID, err)
+	if err := Validate(r); err != nil {
+		return err
 	}
 	if _, ok := s.contract.GenerateTasks[r.Task]; !ok {
 		return fmt.Errorf("request %s: model %s has no task %q", r.RequestID, s.ref.Name, r.Task)
@@ -246,9 +246,17 @@ func (s *Service) check(r *events.AugmentationRequested) error {
 	return nil
 }
 
-func mustJSON(v any) []byte {
-	b, _ := json.Marshal(v) // a value decoded from JSON encodes again
-	return b
+// Validate checks a request against its event schema (task, count, seed
+// bounds), as a requester should before publishing it.
+func Validate(r *events.AugmentationRequested) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", r.RequestID, err)
+	}
+	if err := events.ValidateData(events.TypeAugmentationRequested, b); err != nil {
+		return fmt.Errorf("request %s: %w", r.RequestID, err)
+	}
+	return nil
 }
 
 // source is the image a request derives from, read from storage.
@@ -275,7 +283,7 @@ func (s *Service) source(ctx context.Context, r *events.AugmentationRequested) (
 		}
 		return nil, events.Poison(fmt.Errorf("request %s: study %s has no image of a modality the model accepts (%v)", r.RequestID, r.StudyInstanceUID, s.contract.Preprocessing.AcceptedModalities))
 	}
-	b, err := s.read(ctx, in.Object.Key)
+	b, err := storage.ReadAll(ctx, s.cfg.Store, in.Object.Key, 0)
 	if err != nil {
 		return nil, fmt.Errorf("request %s: source %s: %w", r.RequestID, in.SOPInstanceUID, err)
 	}
@@ -293,19 +301,6 @@ func (s *Service) source(ctx context.Context, r *events.AugmentationRequested) (
 		src.image = &img
 	}
 	return src, nil
-}
-
-func (s *Service) read(ctx context.Context, key string) ([]byte, error) {
-	rc, _, err := s.cfg.Store.Open(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(rc); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // generate runs the model for each image of the request (through the

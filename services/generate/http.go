@@ -9,6 +9,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/dicommeta"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/genimage"
+	"github.com/pacsflow/pacsflow/pkg/storage"
 )
 
 // maxRequestBody bounds the body of a request over HTTP.
@@ -57,7 +58,7 @@ func (s *Service) preview(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want ?key=<object key of a generated image>", http.StatusBadRequest)
 		return
 	}
-	b, err := s.read(r.Context(), key)
+	b, err := storage.ReadAll(r.Context(), s.cfg.Store, key, 0)
 	if err != nil {
 		http.Error(w, "no such generated image", http.StatusNotFound)
 		return

@@ -1,11 +1,8 @@
 package understand
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -17,11 +14,6 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/storage"
 )
-
-// Objects reads stored instances; storage.Store fills it.
-type Objects interface {
-	Open(ctx context.Context, key string) (io.ReadCloser, storage.Object, error)
-}
 
 // analysis is what the model made of one study generation's instances.
 type analysis struct {
@@ -122,7 +114,7 @@ func (s *Service) prepare(ctx context.Context, ref events.InstanceRef) (img mode
 	if ref.Object.Size > s.cfg.MaxInstanceBytes {
 		return img, 0, fmt.Sprintf("the instance has %d bytes, more than the %d the service reads", ref.Object.Size, s.cfg.MaxInstanceBytes), nil
 	}
-	b, err := s.read(ctx, ref.Object.Key)
+	b, err := storage.ReadAll(ctx, s.cfg.Objects, ref.Object.Key, s.cfg.MaxInstanceBytes)
 	if err != nil {
 		return img, 0, "", fmt.Errorf("read instance %s: %w", ref.SOPInstanceUID, err)
 	}
@@ -141,23 +133,6 @@ func (s *Service) prepare(ctx context.Context, ref events.InstanceRef) (img mode
 		return img, 0, fmt.Sprintf("modality %s is not one the model accepts (%s)", orNone(f.Modality), strings.Join(s.contract.Preprocessing.AcceptedModalities, ", ")), nil
 	}
 	return imaging.Preprocess(f, s.contract.Preprocessing), f.Index + 1, "", nil
-}
-
-func (s *Service) read(ctx context.Context, key string) ([]byte, error) {
-	rc, obj, err := s.cfg.Objects.Open(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	var buf bytes.Buffer
-	buf.Grow(int(min(obj.Size, s.cfg.MaxInstanceBytes)) + bytes.MinRead)
-	if _, err := buf.ReadFrom(io.LimitReader(rc, s.cfg.MaxInstanceBytes+1)); err != nil {
-		return nil, err
-	}
-	if int64(buf.Len()) > s.cfg.MaxInstanceBytes {
-		return nil, errors.New("the stored object is larger than its event says")
-	}
-	return buf.Bytes(), nil
 }
 
 // syntheticPrefix starts the skip reason of a synthetic image.

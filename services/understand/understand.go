@@ -32,6 +32,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/model"
+	"github.com/pacsflow/pacsflow/pkg/storage"
 	"github.com/pacsflow/pacsflow/pkg/triage"
 )
 
@@ -44,8 +45,9 @@ type Model interface {
 
 // Config configures the service. Zero values take the defaults given.
 type Config struct {
-	Model   Model
-	Objects Objects
+	Model Model
+	// Objects is where ingest stores the instances.
+	Objects storage.Reader
 	// Policy sets the triage thresholds. Default triage.DefaultPolicy().
 	Policy *triage.Policy
 	// Batch bounds the model's batches, which mix images of every study in
