@@ -23,3 +23,9 @@ func File(eventType string) string { return eventType + ".schema.json" }
 // ID is the $id of the schema of an event type: a name, not a location,
 // so that it stays valid wherever the files are published.
 func ID(eventType string) string { return "urn:pacsflow:schema:" + eventType }
+
+// NotifyOpenAPI is the OpenAPI 3.1 description of the notify service's
+// JSON API, which the service serves at /api/v1/openapi.json.
+//
+//go:embed notify.openapi.json
+var NotifyOpenAPI []byte

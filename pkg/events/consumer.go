@@ -51,6 +51,9 @@ type ConsumerConfig struct {
 	// replace AckWait for the first deliveries and get a slow handler's
 	// message redelivered after a second.
 	Backoff []time.Duration
+	// Delay, when set, replaces Backoff: the delay before redelivering a
+	// message after its nth delivery failed, e.g. exponential with jitter.
+	Delay func(n int) time.Duration
 	// MaxAckPending bounds the messages delivered and not yet settled,
 	// across all replicas. Default 256.
 	MaxAckPending int
@@ -516,5 +519,8 @@ func (w *worker) deadLetter(ctx context.Context, m jetstream.Msg, d *Delivery, l
 
 // backoff is the delay before the delivery after the nth.
 func (w *worker) backoff(n int) time.Duration {
+	if w.cfg.Delay != nil {
+		return w.cfg.Delay(max(n, 1))
+	}
 	return w.cfg.Backoff[min(max(n, 1), len(w.cfg.Backoff))-1]
 }

@@ -35,6 +35,8 @@ func Definitions() []Definition {
 			"A request for generated images (synthesize, restore, convert) derived from a study: from pacsflow generate request, the HTTP endpoint or a policy rule."},
 		{TypeAugmentationGenerated, SubjectAugmentationGenerated + ".<task>", reflect.TypeFor[AugmentationGenerated](),
 			"Generated images stored as new DICOM instances of a synthetic study, marked synthetic in their attributes. Never clinical images: never triaged, never on a worklist."},
+		{TypeWorklistUpdated, SubjectWorklistUpdated + ".<change>.<level>", reflect.TypeFor[WorklistUpdated](),
+			"A study's entry on the radiology worklist changed: listed, updated, given a model result, or given a reading status. Names the study and its place, never the patient."},
 		{TypeAnalyticsInstanceStored, SubjectAnalyticsInstanceStored + ".<modality>", reflect.TypeFor[AnalyticsInstanceStored](),
 			"The de-identified projection (DICOM PS3.15 Annex E) of an instance stored event, in the analytics stream."},
 		{TypeAnalyticsStudyReceived, SubjectAnalyticsStudyReceived + ".<modalities>", reflect.TypeFor[AnalyticsStudyReceived](),

@@ -238,6 +238,12 @@ func validExamples() map[string][]example {
 			{"every property", &events.AITriage{Study: instanceStored().Study, Generation: 1, Modalities: []string{"CR"}, FirstReceivedAt: receivedAt, Model: aiModel(),
 				Level: "STAT", Score: 0.97, Reason: "nodule 0.97 ≥ STAT threshold 0.90"}},
 		},
+		events.TypeWorklistUpdated: {
+			{"every property", &events.WorklistUpdated{StudyInstanceUID: studyUID, Change: events.WorklistTriaged, Revision: 7, Generation: 1,
+				Level: "STAT", Score: 0.97, Status: "in_review", Modalities: []string{"CR", "DX"}, FirstReceivedAt: receivedAt}},
+			{"pending", &events.WorklistUpdated{StudyInstanceUID: "2.25.1", Change: events.WorklistAdded, Revision: 1, Generation: 1,
+				Level: "ROUTINE", Pending: true, Status: "new", Modalities: []string{}}},
+		},
 		events.TypeAugmentationRequested: {
 			{"every property", &events.AugmentationRequested{RequestID: "req-1", StudyInstanceUID: studyUID, SOPInstanceUID: studyUID + ".1.1",
 				Task: "restore", Prompt: "nodule", Count: 4, Seed: 7, RequestedBy: "cli", RequestedAt: receivedAt}},
@@ -433,7 +439,14 @@ func TestValidateDataRejectsInvalid(t *testing.T) {
 		{"no objects", "objects", []any{}, "/objects", "minItems"},
 		{"missing model", "model", remove{}, "", "missing property 'model'"},
 	}
+	worklistInvalid := []invalid{
+		{"unknown change", "change", "moved", "/change", "value must be one of"},
+		{"unknown status", "status", "read", "/status", "value must be one of 'done', 'in_review', 'new'"},
+		{"revision 0", "revision", 0, "/revision", "minimum"},
+		{"patient name", "patient", map[string]any{"name": "DOE^JANE"}, "", "additional properties 'patient' not allowed"},
+	}
 	cases := map[string][]invalid{
+		events.TypeWorklistUpdated:         worklistInvalid,
 		events.TypeAugmentationRequested:   augmentationRequestedInvalid,
 		events.TypeAugmentationGenerated:   augmentationGeneratedInvalid,
 		events.TypeInstanceStored:          instance,

@@ -60,11 +60,12 @@ type DeadLetterLimits struct {
 	Duplicates time.Duration
 }
 
-// Subjects the stream captures: the archive's events and the model's
-// results, which name the same studies and are kept as long. Not all of
+// Subjects the stream captures: the archive's events, the model's results
+// and the worklist's changes, which name the same studies and are kept as
+// long. Not all of
 // ai.>: a stream that captured the requests to ai.ask would answer them
 // with its own acknowledgements.
-var streamSubjects = []string{"pacs.>", SubjectAIFindings + ".>", SubjectAIReportDraft + ".>", SubjectAITriage + ".>", "ai.augmentation.>"}
+var streamSubjects = []string{"pacs.>", SubjectAIFindings + ".>", SubjectAIReportDraft + ".>", SubjectAITriage + ".>", "ai.augmentation.>", SubjectWorklistUpdated + ".>"}
 
 func (c StreamConfig) withDefaults() StreamConfig {
 	if c.Name == "" {

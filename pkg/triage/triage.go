@@ -100,8 +100,19 @@ type Result struct {
 	Reason string
 }
 
-// priorityLevel is the least level a DICOM Requested Procedure Priority (0040,1003) asks for.
-func priorityLevel(priority string) Level {
+// ParseLevel reads STAT, URGENT or ROUTINE (any case).
+func ParseLevel(s string) (Level, error) {
+	for _, l := range []Level{Routine, Urgent, Stat} {
+		if strings.EqualFold(strings.TrimSpace(s), l.String()) {
+			return l, nil
+		}
+	}
+	return Routine, fmt.Errorf("triage level %q: want STAT, URGENT or ROUTINE", s)
+}
+
+// PriorityLevel is the least level a DICOM Requested Procedure Priority (0040,1003) asks for:
+// STAT is STAT, HIGH is URGENT, anything else ROUTINE.
+func PriorityLevel(priority string) Level {
 	switch strings.ToUpper(strings.TrimSpace(priority)) {
 	case "STAT":
 		return Stat
@@ -133,7 +144,7 @@ func (p Policy) Assess(findings []Finding, dicomPriority string) Result {
 			reasons = append(reasons, fmt.Sprintf("%s %.2f ≥ URGENT threshold %.2f", f.Label, f.Probability, t.Urgent))
 		}
 	}
-	if pl := priorityLevel(dicomPriority); pl > Routine {
+	if pl := PriorityLevel(dicomPriority); pl > Routine {
 		reasons = append(reasons, fmt.Sprintf("requested procedure priority %s", strings.ToUpper(strings.TrimSpace(dicomPriority))))
 		r.Level = max(r.Level, pl)
 	}

@@ -69,6 +69,10 @@ var constraints = map[string]map[string]any{
 	"synthetic": {"const": true},
 	"seed":      {"minimum": 0, "maximum": 1 << 53},
 	"objects":   {"minItems": 1},
+	// The worklist.
+	"change":   {"enum": []string{"added", "findings", "report", "status", "study", "triaged"}},
+	"status":   {"enum": []string{"done", "in_review", "new"}},
+	"revision": {"minimum": 1},
 	// A study event without a new instance is never published.
 	"series":    {"minItems": 1},
 	"instances": {"minItems": 1},
