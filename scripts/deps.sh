@@ -15,6 +15,17 @@ need_dcmtk() {
   fi
 }
 
+# need_chromium installs Debian's chromium (the headless browser the notify page's tests drive)
+# when it is not on PATH.
+need_chromium() {
+  if ! command -v chromium >/dev/null; then
+    echo "== installing chromium"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
 need_venv() {
   if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pynetdicom, pydicom' 2>/dev/null; then
     echo "== creating .venv with $PY_PACKAGES"

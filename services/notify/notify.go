@@ -111,7 +111,7 @@ type Service struct {
 	// done is closed when Run returns: the live streams end with it.
 	done chan struct{}
 	log  *slog.Logger
-	m          *metrics
+	m    *metrics
 }
 
 // New checks cfg and creates the buckets.

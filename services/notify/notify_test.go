@@ -220,8 +220,8 @@ func (s *study) received(gen int) *events.Event {
 		ID: fmt.Sprintf("study/%s/%d", s.uid, gen), Type: typ, Source: "test", Subject: s.uid, Time: s.first.Add(3 * time.Second),
 		NATSSubject: events.StudySubject(root, []string{"CR"}, "PACSFLOW"),
 		Data: &events.StudyReceived{
-			Patient: events.Patient{ID: "P-" + s.uid[len(s.uid)-4:], Name: "DOE^JANE"},
-			Study:   events.Study{StudyInstanceUID: s.uid, AccessionNumber: "A1", Description: "CHEST", RequestedProcedurePriority: s.priority},
+			Patient:    events.Patient{ID: "P-" + s.uid[len(s.uid)-4:], Name: "DOE^JANE"},
+			Study:      events.Study{StudyInstanceUID: s.uid, AccessionNumber: "A1", Description: "CHEST", RequestedProcedurePriority: s.priority},
 			Modalities: []string{"CR"}, Series: s.series, NumSeries: len(s.series), NumInstances: n,
 			CallingAEs: []string{"SCU"}, CalledAEs: []string{"PACSFLOW"}, Associations: []string{"a"},
 			FirstReceivedAt: s.first, LastReceivedAt: s.first.Add(time.Second), Trigger: events.TriggerQuietPeriod, Generation: gen,
