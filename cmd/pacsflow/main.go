@@ -34,6 +34,7 @@ var commands = map[string]command{
 	"understand": {"run the understand service (findings, draft reports, triage; ai.ask) against an external NATS JetStream", runUnderstand},
 	"ask":        {"ask the understand service a question about an analyzed study", runAsk},
 	"generate":   {"request synthetic images derived from a study, and fetch them as DICOM or PNG", runGenerate},
+	"notify":     {"run the notify service (the worklist page and API, webhooks) against an external NATS JetStream", runNotify},
 }
 
 func main() {

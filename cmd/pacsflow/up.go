@@ -34,6 +34,7 @@ import (
 	"github.com/pacsflow/pacsflow/services/generate"
 	"github.com/pacsflow/pacsflow/services/ingest"
 	"github.com/pacsflow/pacsflow/services/latency"
+	"github.com/pacsflow/pacsflow/services/notify"
 	"github.com/pacsflow/pacsflow/services/understand"
 )
 
@@ -58,6 +59,7 @@ type pipelineFlags struct {
 	level, format       *string
 	understand          *understandFlags // only in up
 	generate            *generateFlags   // only in up
+	notify              *notifyFlags     // only in up
 }
 
 // storageFlags name the store instances are kept in.
@@ -100,6 +102,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	if embedded {
 		f.understand = addUnderstandFlags(fs, true)
 		f.generate = addGenerateFlags(fs)
+		f.notify = addNotifyFlags(fs, true)
 	}
 	return f
 }
@@ -110,9 +113,11 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			"under --data, and the ingest service: a DICOM C-STORE SCP that stores every instance and\n"+
 			"publishes pacs.instance.stored, pacs.study.received and pacs.study.updated events; the\n"+
 			"understand service with the model of --model (ai.findings, ai.report.draft, ai.triage\n"+
-			"and ai.ask, see pacsflow understand --help); the de-identified projection of the pacs\n"+
-			"events on analytics.> (--analytics); and the recorder of dead letters (events consumers\n"+
-			"gave up on, see pacsflow dlq).\n"+
+			"and ai.ask, see pacsflow understand --help); the generate service (synthetic images on\n"+
+			"request); the notify service (--notify: the prioritized worklist page and its API at\n"+
+			"--http-addr, worklist.updated events, webhooks by --notify-rules); the de-identified\n"+
+			"projection of the pacs events on analytics.> (--analytics); and the recorder of dead\n"+
+			"letters (events consumers gave up on, see pacsflow dlq).\n"+
 			"It prints where everything listens. Ctrl-C stops accepting associations, lets active ones\n"+
 			"finish (10 s), stops the services, then NATS.", stderr)
 	f := addPipelineFlags(fs, true)
@@ -154,6 +159,11 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		}
 		if _, err := generate.ParsePolicy(*f.generate.policy); err != nil {
 			return fmt.Errorf("--generate-policy: %w", err)
+		}
+	}
+	if f.notify != nil && f.notify.wanted() {
+		if _, err := f.notify.config(nil, events.StreamConfig{}, *f.replicas, *f.httpAddr); err != nil {
+			return err
 		}
 	}
 	data := *f.store.data
@@ -308,6 +318,18 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 				events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
 		}
 	}
+	var nsvc *notify.Service
+	if f.notify != nil && f.notify.wanted() {
+		ncfg, err := f.notify.config(store, streams, *f.replicas, *f.httpAddr)
+		if err != nil {
+			return err
+		}
+		if nsvc, err = newNotify(setup, js, ncfg, log, reg); err != nil {
+			return err
+		}
+		run("notify", nsvc.Run)
+		fmt.Fprintln(stdout, f.notify.describe(ncfg, *f.httpAddr))
+	}
 	if *f.analytics {
 		acfg, err := f.analyticsConfig(streams, log)
 		if err != nil {
@@ -320,6 +342,9 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		var routes []func(*http.ServeMux)
 		if gsvc != nil {
 			routes = append(routes, gsvc.Routes)
+		}
+		if nsvc != nil {
+			routes = append(routes, nsvc.Routes)
 		}
 		hs, err := startHTTP(*f.httpAddr, reg, svc.Ready, log, stdout, routes...)
 		if err != nil {

@@ -6,7 +6,8 @@
 // themselves: the record is the same whichever process or replica
 // published them, and a consumer that lags behind does not inflate it.
 // The pipeline's stages are received → completed (pacs.study.received) →
-// inferred (ai.findings) → triaged (ai.triage) → on worklist; each stage's
+// inferred (ai.findings) → triaged (ai.triage) → on_worklist
+// (worklist.updated.triaged: the worklist shows the triage); each stage's
 // event carries the study's first receipt. Only a study's first result is
 // timed: the results for a pacs.study.updated (generation 2 and on) come
 // after instances that arrived late, not after the first receipt.
@@ -38,6 +39,8 @@ var stages = []stage{
 	{name: "completed", eventType: events.TypeStudyReceived, subjects: events.SubjectStudyReceived + ".>"},
 	{name: "inferred", eventType: events.TypeAIFindings, subjects: events.SubjectAIFindings + ".>"},
 	{name: "triaged", eventType: events.TypeAITriage, subjects: events.SubjectAITriage + ".>"},
+	// The worklist shows the model's triage: the notify service applied it.
+	{name: "on_worklist", eventType: events.TypeWorklistUpdated, subjects: events.SubjectWorklistUpdated + "." + events.WorklistTriaged + ".>"},
 }
 
 // timing is what the recorder reads of a stage's event data: the data of
@@ -80,7 +83,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	}
 	hist, err := cfg.MeterProvider.Meter("github.com/pacsflow/pacsflow/services/latency").Float64Histogram(
 		"pacsflow_study_latency", metric.WithUnit("s"),
-		metric.WithDescription("Time from the receipt of a study's first instance to the event of each stage it reached: completed (pacs.study.received), inferred (ai.findings), triaged (ai.triage)."),
+		metric.WithDescription("Time from the receipt of a study's first instance to the event of each stage it reached: completed (pacs.study.received), inferred (ai.findings), triaged (ai.triage), on_worklist (worklist.updated.triaged)."),
 		metric.WithExplicitBucketBoundaries(.5, 1, 2, 2.5, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600))
 	if err != nil {
 		return fmt.Errorf("study latency histogram: %w", err)

@@ -119,8 +119,10 @@ func TestRecordsStudyLatencyFromEvents(t *testing.T) {
 	}
 }
 
-// The model's results time the inferred and triaged stages; the results
-// for a study update (generation 2) are not timed from the first receipt.
+// The model's results time the inferred and triaged stages, the worklist's
+// triaged change the on_worklist stage (its other changes do not); the
+// results for a study update (generation 2) are not timed from the first
+// receipt.
 func TestRecordsResultStages(t *testing.T) {
 	js := natstest.Start(t, natsserver.Config{}).JS
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -149,13 +151,19 @@ func TestRecordsResultStages(t *testing.T) {
 			{ID: "t" + id, Type: events.TypeAITriage, Time: t0.Add(time.Duration(gen) * 5 * time.Second),
 				NATSSubject: events.AITriageSubject("ROUTINE", []string{"CR"}, "PACSFLOW"),
 				Data:        &events.AITriage{FirstReceivedAt: t0, Generation: gen}},
+			{ID: "w" + id, Type: events.TypeWorklistUpdated, Time: t0.Add(time.Duration(gen) * 6 * time.Second),
+				NATSSubject: events.WorklistUpdatedSubject(events.WorklistTriaged, "ROUTINE"),
+				Data:        &events.WorklistUpdated{FirstReceivedAt: t0, Generation: gen}},
+			{ID: "s" + id, Type: events.TypeWorklistUpdated, Time: t0.Add(time.Duration(gen) * 7 * time.Second),
+				NATSSubject: events.WorklistUpdatedSubject(events.WorklistStatus, "ROUTINE"),
+				Data:        &events.WorklistUpdated{FirstReceivedAt: t0, Generation: gen}},
 		} {
 			if _, err := pub.Publish(ctx, e); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	// Once the consumer has settled all four events, only generation 1 is
+	// Once the consumer has settled all the events, only generation 1 is
 	// recorded.
 	for {
 		ci, err := consumerInfo(ctx, js)
@@ -173,6 +181,9 @@ func TestRecordsResultStages(t *testing.T) {
 	h := histogram(t, reader)
 	if h["inferred"].Count != 1 || h["triaged"].Count != 1 || h["inferred"].Sum != 4 || h["triaged"].Sum != 5 {
 		t.Errorf("inferred %d studies, %v s; triaged %d, %v s; want one each, 4 s and 5 s", h["inferred"].Count, h["inferred"].Sum, h["triaged"].Count, h["triaged"].Sum)
+	}
+	if h["on_worklist"].Count != 1 || h["on_worklist"].Sum != 6 {
+		t.Errorf("on_worklist %d studies, %v s; want one, 6 s", h["on_worklist"].Count, h["on_worklist"].Sum)
 	}
 }
 

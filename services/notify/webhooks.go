@@ -253,15 +253,18 @@ const (
 // DeliveryRecord is one delivery in the log: every attempt at posting one
 // study's triage to one rule's receiver.
 type DeliveryRecord struct {
-	ID               string    `json:"id"`
-	Rule             string    `json:"rule"`
-	URL              string    `json:"url"`
-	StudyInstanceUID string    `json:"study_instance_uid"`
-	Level            string    `json:"level"`
-	State            string    `json:"state"`
-	Attempts         []Attempt `json:"attempts"`
-	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	ID               string `json:"id"`
+	Rule             string `json:"rule"`
+	URL              string `json:"url"`
+	StudyInstanceUID string `json:"study_instance_uid"`
+	Level            string `json:"level"`
+	State            string `json:"state"`
+	// StreamSeq is the events stream's sequence of the triage event the
+	// last attempt was for: a replayed dead letter has a new one.
+	StreamSeq uint64    `json:"stream_seq"`
+	Attempts  []Attempt `json:"attempts"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Attempt is one try at a delivery.
@@ -368,8 +371,11 @@ func (s *Service) deliver(ctx context.Context, d *events.Delivery, r *Rule, t *e
 	if err != nil {
 		return err
 	}
-	if rec != nil && rec.State != DeliveryRetrying {
-		return nil // delivered, or refused, on an earlier delivery of the event
+	if rec != nil && (rec.State == DeliveryDelivered || rec.State == DeliveryFailed && rec.StreamSeq == d.StreamSeq) {
+		// Delivered, or refused, on an earlier delivery of the event; a
+		// dead letter replayed (pacsflow dlq replay) is a new message of
+		// the stream, and is tried again.
+		return nil
 	}
 	p := Payload{ID: id, Event: EventStudyTriaged, Rule: r.Name, StudyInstanceUID: t.Study.StudyInstanceUID, Level: t.Level,
 		Score: t.Score, Generation: t.Generation, Modalities: t.Modalities, CalledAE: calledAE, TriagedAt: d.Event.Time.UTC()}
@@ -377,8 +383,15 @@ func (s *Service) deliver(ctx context.Context, d *events.Delivery, r *Rule, t *e
 		p.URL = strings.TrimRight(base, "/") + "/#study=" + url.QueryEscape(p.StudyInstanceUID)
 	}
 	if r.PHI {
-		p.PHI = &PayloadPHI{Patient: e.Patient, AccessionNumber: e.Study.AccessionNumber, StudyDescription: e.Study.Description,
-			Reason: t.Reason, FindingsSummary: e.AI.Summary, Report: e.AI.Report}
+		p.PHI = &PayloadPHI{Patient: e.Patient, AccessionNumber: e.Study.AccessionNumber, StudyDescription: e.Study.Description, Reason: t.Reason}
+		// Only the triage's own generation: an earlier draft or summary
+		// would contradict it.
+		if e.AI.FindingsGeneration == t.Generation {
+			p.PHI.FindingsSummary = e.AI.Summary
+		}
+		if e.AI.ReportGeneration == t.Generation {
+			p.PHI.Report = e.AI.Report
+		}
 	}
 	body, err := json.Marshal(p)
 	if err != nil {
@@ -406,7 +419,7 @@ func (s *Service) deliver(ctx context.Context, d *events.Delivery, r *Rule, t *e
 		if rec == nil {
 			rec = &DeliveryRecord{ID: id, Rule: r.Name, URL: redact(r.URL), StudyInstanceUID: p.StudyInstanceUID, Level: p.Level, CreatedAt: now}
 		}
-		rec.State, rec.UpdatedAt = state, now
+		rec.State, rec.StreamSeq, rec.UpdatedAt = state, d.StreamSeq, now
 		rec.Attempts = append(rec.Attempts, a)
 		return rec, true, nil
 	}); err != nil {
