@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every pacsflow test. Installs what the tests need when it is missing:
 # Go modules (go mod download), DCMTK and dicom3tools (apt-get install dcmtk
-# dicom3tools) for the interop and object tests, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
-# model tests, and the C library pkg/model links).
+# dicom3tools) for the interop and object tests, Debian's chromium for the worklist page's
+# browser test, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
+# model tests, and the C library pkg/model links). Test artifacts (the worklist page's
+# screenshots) are kept under test-artifacts/.
 # Set FUZZTIME (default 30s) to change how long each fuzz target runs; FUZZTIME=0 skips fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,13 +12,15 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_go
 need_dcmtk
+need_chromium
 need_venv
 need_tensorflow
 echo "== go vet, staticcheck"
 go vet ./...
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== go test"
-go test -count=1 -timeout 20m ./...
+rm -rf test-artifacts && mkdir -p test-artifacts
+go test -count=1 -timeout 20m -artifacts -outputdir "$PWD/test-artifacts" ./...
 echo "== go test -race ./pkg/model (concurrent use of the TensorFlow runtime)"
 go test -count=1 -race -run "TestConcurrentUse|TestReferenceMatchesPython" ./pkg/model
 FUZZTIME=${FUZZTIME:-30s}

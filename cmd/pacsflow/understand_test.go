@@ -41,6 +41,19 @@ func synthStudies(t *testing.T, bin string, n int) (string, []string, *synth.Tru
 	dir := filepath.Join(t.TempDir(), "studies")
 	start(t, bin, "synth", "--out", dir, "--studies", strconv.Itoa(n), "--finding", "mixed", "--seed", "11",
 		"--size", "256", "--ct-slices", "1", "--python", py).mustSucceed(t)
+	truth := readTruth(t, dir)
+	var files []string
+	for _, s := range truth.Studies {
+		for _, f := range s.Files {
+			files = append(files, filepath.Join(dir, f.Path))
+		}
+	}
+	return dir, files, truth
+}
+
+// readTruth reads the ground truth pacsflow synth wrote into dir.
+func readTruth(t *testing.T, dir string) *synth.Truth {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, synth.TruthFile))
 	if err != nil {
 		t.Fatal(err)
@@ -49,13 +62,7 @@ func synthStudies(t *testing.T, bin string, n int) (string, []string, *synth.Tru
 	if err := json.Unmarshal(b, &truth); err != nil {
 		t.Fatal(err)
 	}
-	var files []string
-	for _, s := range truth.Studies {
-		for _, f := range s.Files {
-			files = append(files, filepath.Join(dir, f.Path))
-		}
-	}
-	return dir, files, &truth
+	return &truth
 }
 
 // aiResults are the results of the studies, by study, from the stream.

@@ -395,6 +395,23 @@ func checkPHI(t *testing.T, rule string, h hook, s *study, phi bool) {
 	}
 }
 
+// A PHI payload carries the draft and findings summary of the triage's
+// own generation only: generation 2's triage, with generation 2's findings
+// but no new draft, sends no draft rather than generation 1's.
+func TestWebhookPHIOfTheTriageGeneration(t *testing.T) {
+	rcv := newReceiver(t, secretOf("phi"), nil)
+	f := newWebhookFixture(t, webhookConfig(5, rule(t, Rule{Name: "phi", PHI: true}, rcv)))
+	s := f.newStudy(1, "", time.Now().UTC())
+	f.prepare(s, 1, 0.9)
+	f.publish(s.results(2, "STAT", 0.97)[0])
+	f.waitEntry(s.uid, "generation 2's findings", func(e *Entry) bool { return e.AI.FindingsGeneration == 2 })
+	f.publish(s.results(2, "STAT", 0.97)[2])
+	p := rcv.waitRequests(1)[0].payload.PHI
+	if p == nil || p.FindingsSummary != "nodule 0.97" || p.Report != "" {
+		t.Errorf("PHI %+v, want generation 2's summary and no draft", p)
+	}
+}
+
 // A findings rule waits for the findings of the triage's own generation:
 // an earlier generation's do not count, and a triage that arrives first is
 // tried again until they come.
