@@ -163,6 +163,18 @@ func summary(e *events.Received) string {
 			return "(data: " + err.Error() + ")"
 		}
 		return fmt.Sprintf("series=%d instances=%d bytes=%d trigger=%s generation=%d", d.NumSeries, d.NumInstances, d.Bytes, orDash(d.Trigger), d.Generation)
+	case events.TypeAITriage:
+		var d events.AITriage
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return "(data: " + err.Error() + ")"
+		}
+		return fmt.Sprintf("level=%s score=%.2f generation=%d", d.Level, d.Score, d.Generation)
+	case events.TypeWorklistUpdated:
+		var d events.WorklistUpdated
+		if err := json.Unmarshal(e.Data, &d); err != nil {
+			return "(data: " + err.Error() + ")"
+		}
+		return fmt.Sprintf("change=%s level=%s pending=%v status=%s revision=%d", d.Change, d.Level, d.Pending, d.Status, d.Revision)
 	}
 	return ""
 }

@@ -570,7 +570,7 @@ func TestDocsExamples(t *testing.T) {
 		}
 		seen[h.Get("ce-type")] = true
 	}
-	for _, typ := range []string{events.TypeInstanceStored, events.TypeStudyReceived, events.TypeAIFindings, events.TypeAITriage} {
+	for _, typ := range []string{events.TypeInstanceStored, events.TypeStudyReceived, events.TypeAIFindings, events.TypeAITriage, events.TypeWorklistUpdated} {
 		if !seen[typ] {
 			t.Errorf("docs/events.md has no example of %s (a block of headers starting with `subject:`, then a block of JSON)", typ)
 		}
