@@ -34,10 +34,10 @@ func addNotifyFlags(fs *flag.FlagSet, optional bool) *notifyFlags {
 	f := &notifyFlags{
 		token:     fs.String("auth-token", "", "bearer token the worklist page and API accept (prefer PACSFLOW_AUTH_TOKEN: flags show in ps); needed, or --auth-users, to listen beyond loopback"),
 		users:     fs.String("auth-users", "", "htpasswd file of users with bcrypt hashes (htpasswd -B) for the worklist page and API (browser basic authentication)"),
-		rules:     fs.String("notify-rules", "", "JSON file of webhook rules (see docs/notify.md): triaged studies matching a rule are posted, signed with HMAC-SHA256"),
+		rules:     fs.String("notify-rules", "", "JSON file of notification rules (see docs/notify.md): triaged studies matching a rule are posted, signed with HMAC-SHA256, or e-mailed"),
 		publicURL: fs.String("public-url", "", "the worklist page's address as webhook receivers reach it, for links in notifications"),
-		attempts:  fs.Int("webhook-attempts", 8, "attempts at a webhook delivery before it goes to the dead letters (exponential backoff from 2 s to 5 min, ±20% jitter)"),
-		timeout:   fs.Duration("webhook-timeout", 10*time.Second, "time a webhook receiver has to answer each attempt"),
+		attempts:  fs.Int("webhook-attempts", 8, "attempts at a notification (webhook or e-mail) before it goes to the dead letters (exponential backoff from 2 s to 5 min, ±20% jitter)"),
+		timeout:   fs.Duration("webhook-timeout", 10*time.Second, "time a webhook receiver (or the SMTP server) has to take each attempt"),
 		maxAge:    fs.Duration("worklist-max-age", 0, "drop worklist entries this long after their last change; 0 keeps them"),
 	}
 	if optional {
@@ -74,7 +74,7 @@ func (f *notifyFlags) config(objects storage.Reader, streams events.StreamConfig
 			return notify.Config{}, fmt.Errorf("--http-addr %w", err)
 		}
 	}
-	var rules []notify.Rule
+	var rules notify.Rules
 	if *f.rules != "" {
 		if rules, err = notify.LoadRules(*f.rules, os.Getenv); err != nil {
 			return notify.Config{}, fmt.Errorf("--notify-rules: %w", err)
@@ -82,7 +82,7 @@ func (f *notifyFlags) config(objects storage.Reader, streams events.StreamConfig
 	}
 	return notify.Config{
 		Objects: objects, Streams: streams, KVReplicas: replicas, MaxAge: *f.maxAge, Auth: auth,
-		Webhooks: notify.WebhookConfig{Rules: rules, Attempts: *f.attempts, Timeout: *f.timeout, PublicURL: *f.publicURL},
+		Webhooks: notify.WebhookConfig{Rules: rules.Webhooks, SMTP: rules.SMTP, Attempts: *f.attempts, Timeout: *f.timeout, PublicURL: *f.publicURL},
 		Source:   "pacsflow/notify/" + hostname(),
 	}, nil
 }

@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/mail"
+	"net/textproto"
 	"net/url"
 	"os"
 	"slices"
@@ -17,20 +20,24 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/mailer"
 	"github.com/pacsflow/pacsflow/pkg/triage"
 	"github.com/pacsflow/pacsflow/pkg/webhook"
 )
 
 // Rule is a notification rule: a triaged study that matches it is posted,
-// signed, to URL.
+// signed, to URL, or e-mailed to Email.
 type Rule struct {
 	// Name identifies the rule in delivery IDs, logs and metrics: letters,
 	// digits, '-' and '_'.
 	Name string `json:"name"`
-	// URL receives the deliveries (http or https).
-	URL string `json:"url"`
-	// SecretEnv or SecretFile holds the signing secret (16 bytes at
-	// least), so that the rules file itself holds none.
+	// URL receives the deliveries (http or https); or Email lists the
+	// recipients, through the rules' SMTP server.
+	URL   string   `json:"url,omitempty"`
+	Email []string `json:"email,omitempty"`
+	// SecretEnv or SecretFile holds the signing secret of a URL's
+	// deliveries (16 bytes at least), so that the rules file itself holds
+	// none.
 	SecretEnv  string `json:"secret_env,omitempty"`
 	SecretFile string `json:"secret_file,omitempty"`
 	// MinLevel is the least triage level notified. Default URGENT.
@@ -53,33 +60,64 @@ type Rule struct {
 // RulesFile is the format of the notification rules file (JSON).
 type RulesFile struct {
 	Webhooks []Rule `json:"webhooks"`
+	// SMTP is the mail server of the rules with Email.
+	SMTP *SMTPSettings `json:"smtp,omitempty"`
+}
+
+// SMTPSettings name the mail server in the rules file; the password comes
+// from the environment.
+type SMTPSettings struct {
+	Addr        string `json:"addr"`
+	From        string `json:"from"`
+	Username    string `json:"username,omitempty"`
+	PasswordEnv string `json:"password_env,omitempty"`
+}
+
+// Rules are the notification rules and the mail server they use.
+type Rules struct {
+	Webhooks []Rule
+	SMTP     mailer.Config
 }
 
 // LoadRules reads and checks a rules file; secrets are read from the
 // environment (getenv) or their files.
-func LoadRules(path string, getenv func(string) string) ([]Rule, error) {
+func LoadRules(path string, getenv func(string) string) (Rules, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("rules: %w", err)
+		return Rules{}, fmt.Errorf("rules: %w", err)
 	}
 	var f RulesFile
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("rules %s: %w", path, err)
+		return Rules{}, fmt.Errorf("rules %s: %w", path, err)
+	}
+	var out Rules
+	if f.SMTP != nil {
+		out.SMTP = mailer.Config{Addr: f.SMTP.Addr, From: f.SMTP.From, Username: f.SMTP.Username}
+		if f.SMTP.PasswordEnv != "" {
+			out.SMTP.Password = getenv(f.SMTP.PasswordEnv)
+		}
+		if err := out.SMTP.Check(); err != nil {
+			return Rules{}, fmt.Errorf("rules %s: %w", path, err)
+		}
 	}
 	names := map[string]bool{}
 	for i := range f.Webhooks {
 		r := &f.Webhooks[i]
 		if err := r.prepare(getenv); err != nil {
-			return nil, fmt.Errorf("rules %s: webhook %d (%s): %w", path, i+1, r.Name, err)
+			return Rules{}, fmt.Errorf("rules %s: webhook %d (%s): %w", path, i+1, r.Name, err)
+		}
+		if len(r.Email) > 0 && f.SMTP == nil {
+			return Rules{}, fmt.Errorf("rules %s: webhook %d (%s): e-mail needs the smtp section", path, i+1, r.Name)
 		}
 		if names[r.Name] {
-			return nil, fmt.Errorf("rules %s: webhook name %s used twice", path, r.Name)
+			return Rules{}, fmt.Errorf("rules %s: webhook name %s used twice", path, r.Name)
 		}
 		names[r.Name] = true
 	}
-	return f.Webhooks, nil
+	out.Webhooks = f.Webhooks
+	return out, nil
 }
 
 // minSecret is the shortest signing secret accepted: 128 bits.
@@ -89,9 +127,25 @@ func (r *Rule) prepare(getenv func(string) string) error {
 	if r.Name == "" || events.Token(r.Name) != r.Name || strings.Contains(r.Name, "+") {
 		return errors.New("name: want letters, digits, '-' and '_'")
 	}
+	var err error
+	if r.minLevel, err = triage.ParseLevel(cmp.Or(r.MinLevel, events.TriageUrgent)); err != nil {
+		return fmt.Errorf("min_level: %w", err)
+	}
+	r.MinLevel = r.minLevel.String()
+	if len(r.Email) > 0 {
+		if r.URL != "" || r.SecretEnv != "" || r.SecretFile != "" {
+			return errors.New("email: a rule sends e-mail or posts to a url, and e-mail has no secret")
+		}
+		for _, to := range r.Email {
+			if _, err := mail.ParseAddress(to); err != nil {
+				return fmt.Errorf("email %q: %w", to, err)
+			}
+		}
+		return nil
+	}
 	u, err := url.Parse(r.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("url %q: want an http or https URL", r.URL)
+		return fmt.Errorf("url %q: want an http or https URL, or email", r.URL)
 	}
 	switch {
 	case r.SecretEnv != "" && r.SecretFile != "":
@@ -108,12 +162,6 @@ func (r *Rule) prepare(getenv func(string) string) error {
 	if len(r.secret) < minSecret {
 		return fmt.Errorf("signing secret (secret_env or secret_file): want %d bytes at least, have %d", minSecret, len(r.secret))
 	}
-	if r.MinLevel == "" {
-		r.MinLevel = events.TriageUrgent
-	}
-	if r.minLevel, err = triage.ParseLevel(r.MinLevel); err != nil {
-		return fmt.Errorf("min_level: %w", err)
-	}
 	return nil
 }
 
@@ -127,6 +175,10 @@ func (r Rule) WithSecret(secret []byte) (Rule, error) {
 	}
 	return r, r.prepare(nil)
 }
+
+// Checked returns r checked and ready, as LoadRules gives the rules of a
+// file: for e-mail rules made in code.
+func (r Rule) Checked() (Rule, error) { return r, r.prepare(nil) }
 
 // matches tells whether a triaged study falls under the rule, findings
 // aside (they need the worklist entry).
@@ -172,6 +224,8 @@ type WebhookConfig struct {
 	PublicURL string
 	// Client posts the deliveries. Default: a webhook.Client with Timeout.
 	Client *webhook.Client
+	// SMTP sends the rules with Email; its Timeout defaults to Timeout.
+	SMTP mailer.Config
 }
 
 func (c WebhookConfig) withDefaults() (WebhookConfig, error) {
@@ -204,6 +258,17 @@ func (c WebhookConfig) withDefaults() (WebhookConfig, error) {
 	}
 	if c.Client == nil {
 		c.Client = &webhook.Client{Timeout: c.Timeout}
+	}
+	if c.SMTP.Timeout == 0 {
+		c.SMTP.Timeout = c.Timeout
+	}
+	for _, r := range c.Rules {
+		if len(r.Email) == 0 {
+			continue
+		}
+		if err := c.SMTP.Check(); err != nil {
+			return c, fmt.Errorf("notify: rule %s sends e-mail: %w", r.Name, err)
+		}
 	}
 	return c, nil
 }
@@ -393,11 +458,16 @@ func (s *Service) deliver(ctx context.Context, d *events.Delivery, r *Rule, t *e
 			p.PHI.Report = e.AI.Report
 		}
 	}
-	body, err := json.Marshal(p)
-	if err != nil {
-		return &refusal{fmt.Errorf("webhook %s: encode: %w", r.Name, err)}
+	var res webhook.Result
+	if len(r.Email) > 0 {
+		res = s.sendMail(ctx, r, &p)
+	} else {
+		body, err := json.Marshal(p)
+		if err != nil {
+			return &refusal{fmt.Errorf("webhook %s: encode: %w", r.Name, err)}
+		}
+		res = s.cfg.Webhooks.Client.Deliver(ctx, webhook.Request{URL: r.URL, Secret: r.secret, DeliveryID: id, Event: EventStudyTriaged, Body: body})
 	}
-	res := s.cfg.Webhooks.Client.Deliver(ctx, webhook.Request{URL: r.URL, Secret: r.secret, DeliveryID: id, Event: EventStudyTriaged, Body: body})
 	state := DeliveryDelivered
 	switch {
 	case res.Err == nil:
@@ -417,7 +487,7 @@ func (s *Service) deliver(ctx context.Context, d *events.Delivery, r *Rule, t *e
 	if _, _, _, err := modify(ctx, s.deliveries, key, func(old *DeliveryRecord) (*DeliveryRecord, bool, error) {
 		rec := old
 		if rec == nil {
-			rec = &DeliveryRecord{ID: id, Rule: r.Name, URL: redact(r.URL), StudyInstanceUID: p.StudyInstanceUID, Level: p.Level, CreatedAt: now}
+			rec = &DeliveryRecord{ID: id, Rule: r.Name, URL: r.receiver(), StudyInstanceUID: p.StudyInstanceUID, Level: p.Level, CreatedAt: now}
 		}
 		rec.State, rec.StreamSeq, rec.UpdatedAt = state, d.StreamSeq, now
 		rec.Attempts = append(rec.Attempts, a)
@@ -451,15 +521,69 @@ func deliveryKey(id string) string {
 	return hex.EncodeToString(h[:16])
 }
 
-// redact drops credentials from a URL shown in the log.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
+// receiver names where a rule's deliveries go, for the log: its URL
+// without credentials or query, or mailto: its recipients.
+func (r *Rule) receiver() string {
+	if len(r.Email) > 0 {
+		to := make([]string, len(r.Email))
+		for i, e := range r.Email {
+			a, _ := mail.ParseAddress(e) // checked by prepare
+			to[i] = a.Address
+		}
+		return "mailto:" + strings.Join(to, ",")
+	}
+	u, err := url.Parse(r.URL)
 	if err != nil {
 		return ""
 	}
 	u.User = nil
 	u.RawQuery = ""
 	return u.String()
+}
+
+// sendMail makes one attempt at e-mailing a delivery; Status is the SMTP
+// reply code when the server gave one.
+func (s *Service) sendMail(ctx context.Context, r *Rule, p *Payload) webhook.Result {
+	start := time.Now()
+	err := mailer.Send(ctx, s.cfg.Webhooks.SMTP, mailOf(r, p))
+	res := webhook.Result{Duration: time.Since(start), Retryable: !mailer.IsPermanent(err), Err: err}
+	var te *textproto.Error
+	switch {
+	case err == nil:
+		res.Status = 250
+	case errors.As(err, &te):
+		res.Status = te.Code
+	}
+	return res
+}
+
+// mailOf is the e-mail of a delivery: what the JSON payload says, in
+// words.
+func mailOf(r *Rule, p *Payload) mailer.Message {
+	var b strings.Builder
+	fmt.Fprintf(&b, "pacsflow triaged a study %s (score %.2f).\n\n", p.Level, p.Score)
+	fmt.Fprintf(&b, "Study Instance UID: %s\nModalities: %s\nSent to AE: %s\nTriaged at: %s\n",
+		p.StudyInstanceUID, strings.Join(p.Modalities, ", "), p.CalledAE, p.TriagedAt.Format(time.RFC3339))
+	if p.URL != "" {
+		fmt.Fprintf(&b, "Worklist: %s\n", p.URL)
+	}
+	if h := p.PHI; h != nil {
+		fmt.Fprintf(&b, "\nPatient: %s (ID %s)\nAccession: %s\nDescription: %s\nWhy: %s\n",
+			h.Patient.Name, h.Patient.ID, h.AccessionNumber, h.StudyDescription, h.Reason)
+		if h.FindingsSummary != "" {
+			fmt.Fprintf(&b, "Findings: %s\n", h.FindingsSummary)
+		}
+		if h.Report != "" {
+			fmt.Fprintf(&b, "\nDraft report (machine-generated, not reviewed by a radiologist):\n%s\n", h.Report)
+		}
+	}
+	fmt.Fprintf(&b, "\nThe level comes from a model's findings, not from a radiologist.\nDelivery %s, rule %s.\n", p.ID, p.Rule)
+	return mailer.Message{
+		To:      r.Email,
+		Subject: fmt.Sprintf("[pacsflow] %s study %s", p.Level, p.StudyInstanceUID),
+		Body:    b.String(),
+		Headers: map[string]string{webhook.HeaderDelivery: p.ID, webhook.HeaderEvent: p.Event},
+	}
 }
 
 // maxDeliveries bounds the deliveries listed.

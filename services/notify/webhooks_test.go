@@ -21,7 +21,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pacsflow/pacsflow/internal/smtptest"
 	"github.com/pacsflow/pacsflow/pkg/events"
+	"github.com/pacsflow/pacsflow/pkg/mailer"
 	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
 	"github.com/pacsflow/pacsflow/pkg/webhook"
 )
@@ -621,7 +623,8 @@ func TestLoadRules(t *testing.T) {
 		if err := os.WriteFile(path, []byte(rules), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return LoadRules(path, getenv)
+		r, err := LoadRules(path, getenv)
+		return r.Webhooks, err
 	}
 
 	t.Run("valid", func(t *testing.T) {
@@ -640,7 +643,7 @@ func TestLoadRules(t *testing.T) {
 		if string(a.secret) != env["HOOK_SECRET"] || string(b.secret) != "file-secret-0123456789" {
 			t.Errorf("secrets %q %q", a.secret, b.secret)
 		}
-		if a.MinLevel != "stat" || a.minLevel.String() != "STAT" || !a.PHI || !slices.Equal(a.Modalities, []string{"CT"}) {
+		if a.MinLevel != "STAT" || a.minLevel.String() != "STAT" || !a.PHI || !slices.Equal(a.Modalities, []string{"CT"}) {
 			t.Errorf("rule %+v", a)
 		}
 		// min_level defaults to URGENT.
@@ -668,6 +671,10 @@ func TestLoadRules(t *testing.T) {
 		{"unknown field", `{"webhooks": [{"name": "a", "url": "https://x.example/", "secret": "inline-secret-0123456789"}]}`, "unknown field"},
 		{"bad min_level", `{"webhooks": [{"name": "a", "url": "https://x.example/", "secret_env": "HOOK_SECRET", "min_level": "CRITICAL"}]}`, "min_level"},
 		{"not JSON", `webhooks: []`, "invalid character"},
+		{"e-mail without a server", `{"webhooks": [{"name": "a", "email": ["dr@example.org"]}]}`, "needs the smtp section"},
+		{"e-mail and a URL", `{"smtp": {"addr": "mail:25", "from": "p@example.org"}, "webhooks": [{"name": "a", "email": ["dr@example.org"], "url": "https://x.example/"}]}`, "e-mail or posts"},
+		{"bad recipient", `{"smtp": {"addr": "mail:25", "from": "p@example.org"}, "webhooks": [{"name": "a", "email": ["dr@"]}]}`, "email \"dr@\""},
+		{"bad server", `{"smtp": {"addr": "mail", "from": "p@example.org"}, "webhooks": []}`, "host:port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -677,6 +684,22 @@ func TestLoadRules(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("e-mail", func(t *testing.T) {
+		env["SMTP_PASSWORD"] = "pw"
+		path := filepath.Join(t.TempDir(), "rules.json")
+		if err := os.WriteFile(path, []byte(`{"smtp": {"addr": "mail.example.org:587", "from": "pacsflow <p@example.org>", "username": "p", "password_env": "SMTP_PASSWORD"},
+			"webhooks": [{"name": "desk", "email": ["Triage <triage@example.org>"], "min_level": "URGENT"}]}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := LoadRules(path, getenv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.SMTP.Addr != "mail.example.org:587" || r.SMTP.Password != "pw" || r.SMTP.Username != "p" || len(r.Webhooks) != 1 || r.Webhooks[0].receiver() != "mailto:triage@example.org" {
+			t.Errorf("rules %+v", r)
+		}
+	})
 
 	if _, err := LoadRules(filepath.Join(dir, "missing.json"), getenv); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
@@ -690,5 +713,59 @@ func TestLoadRules(t *testing.T) {
 func TestWebhookConfigChecked(t *testing.T) {
 	if _, err := New(context.Background(), nil, Config{Objects: objects{}, Webhooks: WebhookConfig{Attempts: -1}}); err == nil {
 		t.Error("New accepted -1 attempts")
+	}
+}
+
+// E-mail rules: the same matching, retries and refusals as webhooks, over
+// SMTP; without PHI the mail names the study and its level only.
+func TestEmailRule(t *testing.T) {
+	tests := []struct {
+		name  string
+		codes []int
+		state string
+	}{
+		{"accepted", []int{250}, DeliveryDelivered},
+		{"greylisted, then accepted", []int{451, 250}, DeliveryDelivered},
+		{"refused", []int{550}, DeliveryFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := smtptest.Start(t, func(n int) int { return tt.codes[min(n, len(tt.codes))-1] })
+			r, err := Rule{Name: "desk", Email: []string{"Triage Desk <triage@example.org>"}, MinLevel: "STAT"}.Checked()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := webhookConfig(5, r)
+			cfg.Webhooks.SMTP = mailer.Config{Addr: srv.Addr, From: "pacsflow <pacsflow@example.org>"}
+			f := newWebhookFixture(t, cfg)
+			s := f.newStudy(1, "", time.Now().UTC())
+			f.publish(s.received(1))
+			f.waitEntry(s.uid, "listed", func(*Entry) bool { return true })
+			routine := s.results(1, "ROUTINE", 0.1)[2]
+			routine.ID += "/routine"
+			f.publish(routine) // below the rule's level: no mail
+			stat := s.results(1, "STAT", 0.95)[2]
+			waitFor(t, "the triages settled", f.webhooksSettled(f.publishSeq(stat)))
+
+			msgs := srv.Messages()
+			if len(msgs) != len(tt.codes) {
+				t.Fatalf("%d messages, want %d", len(msgs), len(tt.codes))
+			}
+			m := msgs[len(msgs)-1]
+			if strings.Join(m.To, ",") != "triage@example.org" || !strings.Contains(m.Data, "Subject: [pacsflow] STAT study "+s.uid+"\n") ||
+				!strings.Contains(m.Data, "Pacsflow-Delivery: "+deliveryID(stat, "desk")+"\n") || !strings.Contains(m.Data, "Study Instance UID: "+s.uid) {
+				t.Errorf("mail to %v:\n%s", m.To, m.Data)
+			}
+			if strings.Contains(m.Data, "DOE") || strings.Contains(m.Data, "JANE") {
+				t.Errorf("mail without PHI names the patient:\n%s", m.Data)
+			}
+			recs := f.deliveries("")
+			if len(recs) != 1 || recs[0].State != tt.state || !slices.Equal(statuses(recs[0]), tt.codes) || recs[0].URL != "mailto:triage@example.org" {
+				t.Errorf("delivery log %+v, want %s with %v", recs, tt.state, tt.codes)
+			}
+			if dl := f.deadLetters(); (tt.state == DeliveryFailed) != (len(dl) == 1) {
+				t.Errorf("%d dead letters", len(dl))
+			}
+		})
 	}
 }
