@@ -90,25 +90,35 @@ type ImageRef struct {
 	Frame          int    `json:"frame"`
 }
 
-// rank of a level in the worklist's order: most urgent first.
+// levelRank is a level's place in the worklist's order: most urgent first,
+// an unknown level after ROUTINE.
 func levelRank(level string) int {
-	l, err := triage.ParseLevel(level)
-	if err != nil {
-		return 3 // unknown levels after ROUTINE
+	switch level {
+	case events.TriageStat:
+		return 0
+	case events.TriageUrgent:
+		return 1
+	case events.TriageRoutine:
+		return 2
 	}
-	return int(triage.Stat - l)
+	return 3
 }
 
 // compareEntries orders the worklist: triage level, then score (highest
 // first), then arrival (oldest first: it has waited longest), then the
-// Study Instance UID so that the order is total.
+// Study Instance UID so that the order is total. Each key is compared only
+// when the ones before are equal: the list sorts every entry per request.
 func compareEntries(a, b *Entry) int {
-	return cmp.Or(
-		cmp.Compare(levelRank(a.Level), levelRank(b.Level)),
-		cmp.Compare(b.Score, a.Score),
-		a.FirstReceivedAt.Compare(b.FirstReceivedAt),
-		strings.Compare(a.StudyInstanceUID, b.StudyInstanceUID),
-	)
+	if c := cmp.Compare(levelRank(a.Level), levelRank(b.Level)); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(b.Score, a.Score); c != 0 {
+		return c
+	}
+	if c := a.FirstReceivedAt.Compare(b.FirstReceivedAt); c != 0 {
+		return c
+	}
+	return strings.Compare(a.StudyInstanceUID, b.StudyInstanceUID)
 }
 
 // settle sets the fields derived from the others: the level and score

@@ -170,7 +170,6 @@ function createRow(uid) {
   const tr = document.createElement('tr');
   tr.dataset.study = uid;
   tr.tabIndex = 0;
-  tr.addEventListener('animationend', () => tr.classList.remove('flash'));
   return { tr, entry: null, age: null };
 }
 
@@ -231,18 +230,21 @@ function tickAge(row, now) {
   if (row.age.textContent !== text) row.age.textContent = text;
 }
 
+// flashRow fades a changed row from yellow back to its own background. A Web Animation, not a
+// CSS class: restarting a class's animation forces a layout of the whole table.
+const reducedMotion = window.matchMedia('(prefers-reduced-motion: reduce)');
 function flashRow(tr) {
-  tr.classList.remove('flash');
-  void tr.offsetWidth; // restart the animation if it is still running
-  tr.classList.add('flash');
+  for (const a of tr.getAnimations()) a.cancel();
+  tr.animate([{ backgroundColor: '#fff0a6' }, {}], { duration: reducedMotion.matches ? 10 : 1600, easing: 'ease-out' });
 }
 
 let renderQueued = false;
-// scheduleRender coalesces the changes of one task (an SSE event, a response) into one render.
+// scheduleRender coalesces the changes that arrive before the next frame (a study's findings,
+// draft and triage come together) into one render.
 function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
-  queueMicrotask(() => {
+  requestAnimationFrame(() => {
     renderQueued = false;
     render();
   });
@@ -268,8 +270,11 @@ function render() {
     let row = state.rows.get(uid);
     if (!row) state.rows.set(uid, (row = createRow(uid)));
     if (row.entry !== e) fillRow(row, e);
-    row.tr.classList.toggle('selected', uid === state.selected);
-    row.tr.setAttribute('aria-selected', String(uid === state.selected));
+    const selected = uid === state.selected;
+    if (row.tr.classList.contains('selected') !== selected) {
+      row.tr.classList.toggle('selected', selected);
+      row.tr.setAttribute('aria-selected', String(selected));
+    }
     if (row.tr === next) next = next.nextSibling;
     else tbody.insertBefore(row.tr, next);
     if (state.flash.has(uid)) flashRow(row.tr);
