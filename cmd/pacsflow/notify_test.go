@@ -8,16 +8,22 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/pacsflow/pacsflow/pkg/synth"
+	"github.com/pacsflow/pacsflow/pkg/webhook"
 )
 
 // worklistEntry is what the test reads of a worklist entry.
@@ -36,7 +42,9 @@ func getWorklist(t *testing.T, base, user, pass string) []worklistEntry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.SetBasicAuth(user, pass)
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -117,11 +125,7 @@ func TestWorklistPage(t *testing.T) {
 		t.Fatalf("synth --finding mixed: want the first study without a finding and the second with one")
 	}
 	filesOf := func(i int) []string {
-		var out []string
-		for _, f := range truth.Studies[i].Files {
-			out = append(out, filepath.Join(dir, f.Path))
-		}
-		return out
+		return filesOf(&synth.Truth{Studies: truth.Studies[i : i+1]}, dir)
 	}
 
 	const user, pass = "radiologist", "correct horse battery staple"
@@ -211,4 +215,99 @@ func TestWorklistNotExposedWithoutCredential(t *testing.T) {
 	if err := p.wait(t); err == nil || !strings.Contains(p.stderr.String(), "needs a credential") {
 		t.Errorf("up on 0.0.0.0 without a credential: %v\n%s", err, p.stderr.String())
 	}
+}
+
+// TestNotifyCommand: `pacsflow notify` on its own beside `pacsflow up`
+// (which runs a notify service too): both serve the same worklist, and the
+// standalone one posts the signed webhook of its rules for a STAT study.
+func TestNotifyCommand(t *testing.T) {
+	requireTools(t, "storescu")
+	bin := buildPacsflow(t)
+	py := os.Getenv("PACSFLOW_PYTHON")
+	if py == "" {
+		t.Fatal("PACSFLOW_PYTHON is not set: run ./scripts/test.sh, or set it to a Python with numpy (.venv/bin/python)")
+	}
+	dir := filepath.Join(t.TempDir(), "studies")
+	start(t, bin, "synth", "--out", dir, "--studies", "1", "--finding", "nodule", "--seed", "9", "--size", "256", "--ct-slices", "0", "--python", py).mustSucceed(t)
+	truth := readTruth(t, dir)
+	study := truth.Studies[0].StudyInstanceUID
+
+	const secret = "a-webhook-secret-for-the-test"
+	deliveries := make(chan *http.Request, 4)
+	bodies := make(chan []byte, 4)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := webhook.Verify(r.Header.Get(webhook.HeaderSignature), body, time.Now(), 5*time.Minute, []byte(secret)); err != nil {
+			t.Errorf("webhook signature: %v", err)
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		deliveries <- r
+		bodies <- body
+	}))
+	defer rcv.Close()
+	cfgDir := t.TempDir()
+	secretFile := filepath.Join(cfgDir, "secret")
+	rules := filepath.Join(cfgDir, "rules.json")
+	if err := os.WriteFile(secretFile, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rules, []byte(`{"webhooks": [{"name": "stat", "url": "`+rcv.URL+`/hook", "secret_file": "`+secretFile+`", "min_level": "STAT"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore", "--model", referenceModel(t))...)
+	nf := start(t, bin, "notify", "--nats-url", up.natsURL, "--http-addr", "127.0.0.1:0", "--notify-rules", rules)
+	var notifyURL string
+	waitFor(t, "pacsflow notify listening", func() bool {
+		m := httpLineRE.FindStringSubmatch(nf.stdout.String())
+		if m != nil {
+			notifyURL = m[1]
+		}
+		return m != nil && strings.Contains(nf.stdout.String(), "1 webhook rule(s)")
+	})
+
+	storeSCU(t, up.dicomAddr, filesOf(truth, dir)).mustSucceed(t)
+	select {
+	case r := <-deliveries:
+		var p struct {
+			StudyInstanceUID string `json:"study_instance_uid"`
+			Level            string `json:"level"`
+			Patient          any    `json:"patient"`
+			PHI              any    `json:"phi"`
+		}
+		if err := json.Unmarshal(<-bodies, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.StudyInstanceUID != study || p.Level != "STAT" || p.PHI != nil || r.Header.Get(webhook.HeaderEvent) != "study.triaged" {
+			t.Errorf("delivery %+v, event %s", p, r.Header.Get(webhook.HeaderEvent))
+		}
+	case <-time.After(eventTimeout):
+		t.Fatalf("no webhook within %s\nnotify stderr:\n%s", eventTimeout, nf.stderr.String())
+	}
+	for _, base := range []string{up.httpURL, notifyURL} {
+		waitFor(t, "the study triaged on "+base, func() bool {
+			e := getWorklist(t, base, "", "")
+			return len(e) == 1 && e[0].StudyInstanceUID == study && e[0].Level == "STAT" && !e[0].Pending
+		})
+	}
+	if err := nf.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	nf.mustSucceed(t)
+	up.interrupt(t)
+	if n := len(deliveries); n != 0 {
+		t.Errorf("%d more deliveries, want one in all", n)
+	}
+}
+
+// filesOf lists the files of every study pacsflow synth wrote into dir.
+func filesOf(truth *synth.Truth, dir string) []string {
+	var out []string
+	for _, s := range truth.Studies {
+		for _, f := range s.Files {
+			out = append(out, filepath.Join(dir, f.Path))
+		}
+	}
+	return out
 }

@@ -42,13 +42,7 @@ func synthStudies(t *testing.T, bin string, n int) (string, []string, *synth.Tru
 	start(t, bin, "synth", "--out", dir, "--studies", strconv.Itoa(n), "--finding", "mixed", "--seed", "11",
 		"--size", "256", "--ct-slices", "1", "--python", py).mustSucceed(t)
 	truth := readTruth(t, dir)
-	var files []string
-	for _, s := range truth.Studies {
-		for _, f := range s.Files {
-			files = append(files, filepath.Join(dir, f.Path))
-		}
-	}
-	return dir, files, truth
+	return dir, filesOf(truth, dir), truth
 }
 
 // readTruth reads the ground truth pacsflow synth wrote into dir.
