@@ -620,3 +620,23 @@ func TestSettle(t *testing.T) {
 		}
 	}
 }
+
+// The page and its assets are served from the binary, kept to their own
+// origin.
+func TestPage(t *testing.T) {
+	f := newFixture(t, Config{})
+	for _, path := range []string{"/", "/ui/app.js", "/ui/style.css"} {
+		resp, err := http.Get(f.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || len(body) == 0 || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'self'") {
+			t.Errorf("GET %s: %d, %d bytes, CSP %q", path, resp.StatusCode, len(body), resp.Header.Get("Content-Security-Policy"))
+		}
+		if path == "/" && !strings.Contains(string(body), "<title>pacsflow worklist</title>") {
+			t.Errorf("GET /: %s", body)
+		}
+	}
+}
