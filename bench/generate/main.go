@@ -45,7 +45,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,35 +252,12 @@ func run(ctx context.Context, o *options) (err error) {
 		}
 	}
 	if o.phases["throughput"] {
-		if err := b.profiled(b.throughputPhase)(ctx); err != nil {
+		if err := benchkit.Profiled(b.o.cpuProfile, b.throughputPhase)(ctx); err != nil {
 			return err
 		}
 	}
 	benchkit.PrintEnd()
 	return nil
-}
-
-// profiled wraps phase in a CPU profile when --cpuprofile asks for one.
-func (b *bench) profiled(phase func(context.Context) error) func(context.Context) error {
-	if b.o.cpuProfile == "" {
-		return phase
-	}
-	return func(ctx context.Context) (err error) {
-		f, err := os.Create(b.o.cpuProfile)
-		if err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer func() {
-			if cerr := f.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("cpu profile: %w", cerr)
-			}
-		}()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-		return phase(ctx)
-	}
 }
 
 // putStudies puts the instances synth wrote into the object store, as

@@ -63,8 +63,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -279,7 +277,7 @@ func run(ctx context.Context, o *options) (err error) {
 	if err := b.fill(ctx); err != nil {
 		return err
 	}
-	if err := b.profiled(b.listLatency)(ctx); err != nil {
+	if err := benchkit.Profiled(b.o.cpuProfile, b.listLatency)(ctx); err != nil {
 		return err
 	}
 	if o.loadedStudies > 0 {
@@ -635,7 +633,7 @@ func (b *bench) pageLatency(ctx context.Context, name string, n int) error {
 		}
 		page, natsMs, ack, browserMs = append(page, p), append(natsMs, nm), append(ack, a), append(browserMs, p-nm)
 		if (i+1-warmupStudies)%10 == 0 {
-			benchkit.Progress("page %s: %d/%d studies, p95 so far %.0f ms", name, i+1-warmupStudies, n, pct(page, 95))
+			benchkit.Progress("page %s: %d/%d studies, p95 so far %.0f ms", name, i+1-warmupStudies, n, benchkit.Pct(page, 95))
 		}
 	}
 	wall := time.Since(start)
@@ -648,13 +646,13 @@ func (b *bench) pageLatency(ctx context.Context, name string, n int) error {
 	// JavaScript, style recalculation and layout.
 	per := func(k string) float64 { return 1000 * (m1[k] - m0[k]) / float64(warmupStudies+n) }
 	busy := (m1["TaskDuration"] - m0["TaskDuration"]) / wall.Seconds()
-	met := pct(page, 95) <= targetPageP95Millis
+	met := benchkit.Pct(page, 95) <= targetPageP95Millis
 	fmt.Printf("ai.triage published → row shown un-pending: p50 %.0f ms, p95 %.0f ms, p99 %.0f ms, max %.0f ms, min %.0f ms (target p95 ≤ %.0f ms: %s)\n",
-		pct(page, 50), pct(page, 95), pct(page, 99), pct(page, 100), pct(page, 0), targetPageP95Millis, verdict(met))
+		benchkit.Pct(page, 50), benchkit.Pct(page, 95), benchkit.Pct(page, 99), benchkit.Pct(page, 100), benchkit.Pct(page, 0), targetPageP95Millis, verdict(met))
 	fmt.Printf("ai.triage published → worklist.updated.triaged received: p50 %.1f ms, p95 %.1f ms, p99 %.1f ms, max %.1f ms\n",
-		pct(natsMs, 50), pct(natsMs, 95), pct(natsMs, 99), pct(natsMs, 100))
+		benchkit.Pct(natsMs, 50), benchkit.Pct(natsMs, 95), benchkit.Pct(natsMs, 99), benchkit.Pct(natsMs, 100))
 	fmt.Printf("the rest (page − worklist.updated, per study): p50 %.1f ms, p95 %.1f ms, max %.1f ms; the Publish call itself: p50 %.1f ms, p95 %.1f ms\n",
-		pct(browserMs, 50), pct(browserMs, 95), pct(browserMs, 100), pct(ack, 50), pct(ack, 95))
+		benchkit.Pct(browserMs, 50), benchkit.Pct(browserMs, 95), benchkit.Pct(browserMs, 100), benchkit.Pct(ack, 50), benchkit.Pct(ack, 95))
 	fmt.Printf("%d studies in %.1f s; the page's main thread busy %.0f %% of it, per study %.0f ms: JavaScript %.0f ms, style %.0f ms (%.1f recalculations), layout %.0f ms (%.1f layouts)\n",
 		warmupStudies+n, wall.Seconds(), 100*busy, per("TaskDuration"), per("ScriptDuration"), per("RecalcStyleDuration"),
 		(m1["RecalcStyleCount"]-m0["RecalcStyleCount"])/float64(warmupStudies+n), per("LayoutDuration"),
@@ -662,9 +660,9 @@ func (b *bench) pageLatency(ctx context.Context, name string, n int) error {
 	fmt.Printf("RESULT test=page phase=%s worklist=%d worklist_end=%d studies=%d p50_ms=%.1f p95_ms=%.1f p99_ms=%.1f max_ms=%.1f min_ms=%.1f "+
 		"nats_p50_ms=%.1f nats_p95_ms=%.1f nats_p99_ms=%.1f nats_max_ms=%.1f rest_p50_ms=%.1f rest_p95_ms=%.1f publish_p50_ms=%.1f publish_p95_ms=%.1f "+
 		"main_busy=%.2f task_ms_per_study=%.1f script_ms_per_study=%.1f style_ms_per_study=%.1f layout_ms_per_study=%.1f layouts_per_study=%.1f target_p95_ms=%g met=%t\n",
-		name, before, b.worklistTotal, n, pct(page, 50), pct(page, 95), pct(page, 99), pct(page, 100), pct(page, 0),
-		pct(natsMs, 50), pct(natsMs, 95), pct(natsMs, 99), pct(natsMs, 100), pct(browserMs, 50), pct(browserMs, 95),
-		pct(ack, 50), pct(ack, 95), busy, per("TaskDuration"), per("ScriptDuration"), per("RecalcStyleDuration"), per("LayoutDuration"),
+		name, before, b.worklistTotal, n, benchkit.Pct(page, 50), benchkit.Pct(page, 95), benchkit.Pct(page, 99), benchkit.Pct(page, 100), benchkit.Pct(page, 0),
+		benchkit.Pct(natsMs, 50), benchkit.Pct(natsMs, 95), benchkit.Pct(natsMs, 99), benchkit.Pct(natsMs, 100), benchkit.Pct(browserMs, 50), benchkit.Pct(browserMs, 95),
+		benchkit.Pct(ack, 50), benchkit.Pct(ack, 95), busy, per("TaskDuration"), per("ScriptDuration"), per("RecalcStyleDuration"), per("LayoutDuration"),
 		(m1["LayoutCount"]-m0["LayoutCount"])/float64(warmupStudies+n), targetPageP95Millis, met)
 	return nil
 }
@@ -983,11 +981,11 @@ func (b *bench) listLatency(ctx context.Context) error {
 		if count1 > count0 {
 			server = 1000 * (sum1 - sum0) / float64(count1-count0)
 		}
-		met := pct(lat, 95) <= targetListP95Millis
+		met := benchkit.Pct(lat, 95) <= targetListP95Millis
 		fmt.Printf("GET %-52s %4d of %5d entries, %7.0f kB: p50 %5.1f ms, p95 %5.1f ms, p99 %5.1f ms, max %5.1f ms; in the handler %5.1f ms mean (target p95 ≤ %.0f ms: %s)\n",
-			path, len(p.Entries), p.Total, float64(size)/1000, pct(lat, 50), pct(lat, 95), pct(lat, 99), pct(lat, 100), server, targetListP95Millis, verdict(met))
+			path, len(p.Entries), p.Total, float64(size)/1000, benchkit.Pct(lat, 50), benchkit.Pct(lat, 95), benchkit.Pct(lat, 99), benchkit.Pct(lat, 100), server, targetListP95Millis, verdict(met))
 		fmt.Printf("RESULT test=list case=%s worklist=%d returned=%d matched=%d bytes=%d requests=%d p50_ms=%.2f p95_ms=%.2f p99_ms=%.2f max_ms=%.2f server_mean_ms=%.2f target_p95_ms=%g met=%t\n",
-			c.name, b.worklistTotal, len(p.Entries), p.Total, size, len(lat), pct(lat, 50), pct(lat, 95), pct(lat, 99), pct(lat, 100), server, targetListP95Millis, met)
+			c.name, b.worklistTotal, len(p.Entries), p.Total, size, len(lat), benchkit.Pct(lat, 50), benchkit.Pct(lat, 95), benchkit.Pct(lat, 99), benchkit.Pct(lat, 100), server, targetListP95Millis, met)
 	}
 	return nil
 }
@@ -1036,30 +1034,6 @@ func (b *bench) serverTime() (count uint64, sum float64, err error) {
 		}
 	}
 	return 0, 0, nil
-}
-
-// profiled wraps a measurement in a Go CPU profile when --cpuprofile asks
-// for one.
-func (b *bench) profiled(measure func(context.Context) error) func(context.Context) error {
-	if b.o.cpuProfile == "" {
-		return measure
-	}
-	return func(ctx context.Context) (err error) {
-		f, err := os.Create(b.o.cpuProfile)
-		if err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer func() {
-			if cerr := f.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("cpu profile: %w", cerr)
-			}
-		}()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-		return measure(ctx)
-	}
 }
 
 // ---- the page's profile ------------------------------------------------------------------
@@ -1159,18 +1133,4 @@ func verdict(met bool) string {
 		return "met"
 	}
 	return "NOT MET"
-}
-
-// pct is the nearest-rank percentile p (0: minimum, 100: maximum).
-func pct(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(v)
-	sort.Float64s(s)
-	if p <= 0 {
-		return s[0]
-	}
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(k, len(s)-1))]
 }

@@ -35,15 +35,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/pacsflow/pacsflow/bench/internal/benchkit"
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
 	"github.com/pacsflow/pacsflow/pkg/dimse"
 	"github.com/pacsflow/pacsflow/pkg/events"
@@ -206,8 +205,8 @@ func main() {
 		}
 	}
 	fmt.Printf("RESULT mode=%s studies=%d instances=%d quiet_ms=%.0f p50_ms=%.1f p95_ms=%.1f max_ms=%.1f min_ms=%.1f excess_p50_ms=%.1f excess_p95_ms=%.1f excess_max_ms=%.1f over100=%d send_ms=%.0f release_p50_ms=%.1f\n",
-		*mode, len(studies), *nInst, ms(*quiet), pct(lat, 50), pct(lat, 95), pct(lat, 100), pct(lat, 0),
-		pct(excess, 50), pct(excess, 95), pct(excess, 100), over, ms(sendDur), pct(rel, 50))
+		*mode, len(studies), *nInst, ms(*quiet), benchkit.Pct(lat, 50), benchkit.Pct(lat, 95), benchkit.Pct(lat, 100), benchkit.Pct(lat, 0),
+		benchkit.Pct(excess, 50), benchkit.Pct(excess, 95), benchkit.Pct(excess, 100), over, ms(sendDur), benchkit.Pct(rel, 50))
 }
 
 // send stores a study over one association and releases it, recording when
@@ -267,20 +266,6 @@ func waitFor(notify <-chan string, mu *sync.Mutex, got map[string][]arrival, wan
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
-
-// pct is the nearest-rank percentile p (0: minimum, 100: maximum).
-func pct(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if p <= 0 {
-		return s[0]
-	}
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(k, len(s)-1))]
-}
 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "studylatency: FAIL: "+format+"\n", args...)

@@ -54,8 +54,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -800,18 +798,18 @@ func (b *bench) latencyPhase(ctx context.Context) error {
 		return err
 	}
 	verdict := "meets"
-	if pct(lat, 95) > targetP95Millis {
+	if benchkit.Pct(lat, 95) > targetP95Millis {
 		verdict = "ABOVE"
 	}
 	fmt.Printf("publish → ai.triage received: p50 %.0f ms, p95 %.0f ms, max %.0f ms, min %.0f ms, mean %.0f ms (target p95 ≤ %.0f ms: %s)\n",
-		pct(lat, 50), pct(lat, 95), pct(lat, 100), pct(lat, 0), mean(lat), targetP95Millis, verdict)
-	fmt.Printf("publish → analysis end (triage ce-time): p50 %.0f ms, p95 %.0f ms, max %.0f ms\n", pct(endLat, 50), pct(endLat, 95), pct(endLat, 100))
+		benchkit.Pct(lat, 50), benchkit.Pct(lat, 95), benchkit.Pct(lat, 100), benchkit.Pct(lat, 0), mean(lat), targetP95Millis, verdict)
+	fmt.Printf("publish → analysis end (triage ce-time): p50 %.0f ms, p95 %.0f ms, max %.0f ms\n", benchkit.Pct(endLat, 50), benchkit.Pct(endLat, 95), benchkit.Pct(endLat, 100))
 	fmt.Printf("ai.findings timings, mean: wait %.1f ms, decode %.1f ms, inference %.1f ms, total %.1f ms (decode and inference overlap)\n",
 		mean(wait), mean(dec), mean(inf), mean(total))
 	fmt.Printf("batches %d, mean size %.1f (%s), %.0f ms per batch\n", bs.Count, bs.MeanSize, bs.Sizes, bs.MeanMs)
 	fmt.Printf("RESULT test=latency studies=%d images=%d p50_ms=%.1f p95_ms=%.1f max_ms=%.1f min_ms=%.1f mean_ms=%.1f end_p50_ms=%.1f end_p95_ms=%.1f wait_ms=%.1f decode_ms=%.1f inference_ms=%.1f total_ms=%.1f batches=%d mean_batch=%.2f batch_sizes=%s target_p95_ms=%g met=%t\n",
-		len(lat), b.latency[0].images, pct(lat, 50), pct(lat, 95), pct(lat, 100), pct(lat, 0), mean(lat), pct(endLat, 50), pct(endLat, 95),
-		mean(wait), mean(dec), mean(inf), mean(total), bs.Count, bs.MeanSize, bs.Sizes, targetP95Millis, pct(lat, 95) <= targetP95Millis)
+		len(lat), b.latency[0].images, benchkit.Pct(lat, 50), benchkit.Pct(lat, 95), benchkit.Pct(lat, 100), benchkit.Pct(lat, 0), mean(lat), benchkit.Pct(endLat, 50), benchkit.Pct(endLat, 95),
+		mean(wait), mean(dec), mean(inf), mean(total), bs.Count, bs.MeanSize, bs.Sizes, targetP95Millis, benchkit.Pct(lat, 95) <= targetP95Millis)
 	return nil
 }
 
@@ -844,18 +842,4 @@ func mean(v []float64) float64 {
 		s += x
 	}
 	return s / float64(len(v))
-}
-
-// pct is the nearest-rank percentile p (0: minimum, 100: maximum).
-func pct(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(v)
-	sort.Float64s(s)
-	if p <= 0 {
-		return s[0]
-	}
-	k := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(k, len(s)-1))]
 }

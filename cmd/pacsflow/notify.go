@@ -132,22 +132,13 @@ func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := nf.config(nil, events.StreamConfig{}, *replicas, *httpAddr); err != nil {
 		return err
 	}
-	nc, err := connectNATS(*natsURL, "pacsflow-notify", log)
+	nc, js, store, err := connectService(ctx, *natsURL, "pacsflow-notify", st, *replicas, log, stdout)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	store, _, err := st.open(setup, nc, *replicas, false)
-	if err != nil {
-		return err
-	}
 	cfg, err := nf.config(store, events.StreamConfig{Replicas: *replicas}, *replicas, *httpAddr)
 	if err != nil {
 		return err

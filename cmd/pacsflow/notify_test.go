@@ -113,13 +113,7 @@ func poll(expression string, timeout time.Duration) chromedp.Action[chromedp.Voi
 func TestWorklistPage(t *testing.T) {
 	requireTools(t, "storescu", "chromium")
 	bin := buildPacsflow(t)
-	py := os.Getenv("PACSFLOW_PYTHON")
-	if py == "" {
-		t.Fatal("PACSFLOW_PYTHON is not set: run ./scripts/test.sh, or set it to a Python with numpy (.venv/bin/python)")
-	}
-	dir := filepath.Join(t.TempDir(), "studies")
-	start(t, bin, "synth", "--out", dir, "--studies", "2", "--finding", "mixed", "--seed", "5", "--size", "256", "--ct-slices", "0", "--python", py).mustSucceed(t)
-	truth := readTruth(t, dir)
+	dir, truth := writeSynth(t, bin, "--studies", "2", "--finding", "mixed", "--seed", "5", "--ct-slices", "0")
 	negative, positive := truth.Studies[0], truth.Studies[1]
 	if negative.HasFindings() || !positive.HasFindings() {
 		t.Fatalf("synth --finding mixed: want the first study without a finding and the second with one")
@@ -223,13 +217,7 @@ func TestWorklistNotExposedWithoutCredential(t *testing.T) {
 func TestNotifyCommand(t *testing.T) {
 	requireTools(t, "storescu")
 	bin := buildPacsflow(t)
-	py := os.Getenv("PACSFLOW_PYTHON")
-	if py == "" {
-		t.Fatal("PACSFLOW_PYTHON is not set: run ./scripts/test.sh, or set it to a Python with numpy (.venv/bin/python)")
-	}
-	dir := filepath.Join(t.TempDir(), "studies")
-	start(t, bin, "synth", "--out", dir, "--studies", "1", "--finding", "nodule", "--seed", "9", "--size", "256", "--ct-slices", "0", "--python", py).mustSucceed(t)
-	truth := readTruth(t, dir)
+	dir, truth := writeSynth(t, bin, "--studies", "1", "--finding", "nodule", "--seed", "9", "--ct-slices", "0")
 	study := truth.Studies[0].StudyInstanceUID
 
 	const secret = "a-webhook-secret-for-the-test"

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pacsflow/pacsflow/pkg/batch"
@@ -139,22 +138,13 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := uf.policy(); err != nil {
 		return err
 	}
-	nc, err := connectNATS(*natsURL, "pacsflow-understand", log)
+	nc, js, store, err := connectService(ctx, *natsURL, "pacsflow-understand", st, *replicas, log, stdout)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	store, _, err := st.open(setup, nc, *replicas, false)
-	if err != nil {
-		return err
-	}
 	reg := newRegistry()
 	streams := events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge}
 	m, cfg, err := uf.open(ctx, store, streams, *replicas, reg, log, stdout)

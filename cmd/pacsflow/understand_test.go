@@ -34,15 +34,21 @@ func referenceModel(t *testing.T) string {
 // returns their folder, files and ground truth.
 func synthStudies(t *testing.T, bin string, n int) (string, []string, *synth.Truth) {
 	t.Helper()
+	dir, truth := writeSynth(t, bin, "--studies", strconv.Itoa(n), "--finding", "mixed", "--seed", "11", "--ct-slices", "1")
+	return dir, filesOf(truth, dir), truth
+}
+
+// writeSynth runs `pacsflow synth` with args (256×256 images) into a new
+// folder and returns it with the ground truth.
+func writeSynth(t *testing.T, bin string, args ...string) (string, *synth.Truth) {
+	t.Helper()
 	py := os.Getenv("PACSFLOW_PYTHON")
 	if py == "" {
 		t.Fatal("PACSFLOW_PYTHON is not set: run ./scripts/test.sh, or set it to a Python with numpy (.venv/bin/python, made by ./scripts/build.sh)")
 	}
 	dir := filepath.Join(t.TempDir(), "studies")
-	start(t, bin, "synth", "--out", dir, "--studies", strconv.Itoa(n), "--finding", "mixed", "--seed", "11",
-		"--size", "256", "--ct-slices", "1", "--python", py).mustSucceed(t)
-	truth := readTruth(t, dir)
-	return dir, filesOf(truth, dir), truth
+	start(t, bin, append([]string{"synth", "--out", dir, "--size", "256", "--python", py}, args...)...).mustSucceed(t)
+	return dir, readTruth(t, dir)
 }
 
 // readTruth reads the ground truth pacsflow synth wrote into dir.

@@ -421,6 +421,28 @@ func connectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// connectService connects a service run on its own (pacsflow understand,
+// pacsflow notify) to NATS and to the store ingest writes to; the caller
+// closes the connection.
+func connectService(ctx context.Context, natsURL, name string, st *storageFlags, replicas int, log *slog.Logger, stdout io.Writer) (*nats.Conn, jetstream.JetStream, storage.Store, error) {
+	nc, err := connectNATS(natsURL, name, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
+	js, err := jetstream.New(nc)
+	if err == nil {
+		setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var store storage.Store
+		if store, _, err = st.open(setup, nc, replicas, false); err == nil {
+			return nc, js, store, nil
+		}
+	}
+	nc.Close()
+	return nil, nil, nil, err
+}
+
 // newRegistry is a Prometheus registry with the Go runtime's and the process's metrics.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()

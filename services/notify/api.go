@@ -167,18 +167,8 @@ type instanceDetail struct {
 }
 
 func (s *Service) study(w http.ResponseWriter, r *http.Request) {
-	if s.loading(w) {
-		return
-	}
-	uid := r.PathValue("uid")
-	e := s.view.get(uid)
-	if e == nil {
-		writeError(w, http.StatusNotFound, "no study "+uid+" on the worklist")
-		return
-	}
-	list, _, err := get[studyInstances](r.Context(), s.instances, uid)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+	e, list, ok := s.studyOf(w, r)
+	if !ok {
 		return
 	}
 	d := studyDetail{Entry: e, Series: []seriesDetail{}}
@@ -194,6 +184,27 @@ func (s *Service) study(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+// studyOf finds the entry and the instance list of the request's study
+// ({uid}); it answers the request itself when it cannot (loading, not
+// listed, store away), and then returns false.
+func (s *Service) studyOf(w http.ResponseWriter, r *http.Request) (*Entry, *studyInstances, bool) {
+	if s.loading(w) {
+		return nil, nil, false
+	}
+	uid := r.PathValue("uid")
+	e := s.view.get(uid)
+	if e == nil {
+		writeError(w, http.StatusNotFound, "no study "+uid+" on the worklist")
+		return nil, nil, false
+	}
+	list, _, err := get[studyInstances](r.Context(), s.instances, uid)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return nil, nil, false
+	}
+	return e, list, true
 }
 
 // statusChange is the body of PUT /api/v1/studies/{uid}/status.

@@ -2,7 +2,6 @@ package notify
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,20 +23,12 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/genimage"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
 	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
-	"github.com/pacsflow/pacsflow/pkg/storage"
+	"github.com/pacsflow/pacsflow/pkg/storage/storagetest"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
 // objects is an in-memory store.
-type objects map[string][]byte
-
-func (o objects) Open(_ context.Context, key string) (io.ReadCloser, storage.Object, error) {
-	b, ok := o[key]
-	if !ok {
-		return nil, storage.Object{}, fmt.Errorf("open %s: %w", key, storage.ErrNotFound)
-	}
-	return io.NopCloser(bytes.NewReader(b)), storage.Object{Key: key, Size: int64(len(b))}, nil
-}
+type objects = storagetest.Objects
 
 type fixture struct {
 	t     *testing.T

@@ -26,18 +26,8 @@ const maxPreviewBytes = 1 << 30
 // instance. It shows the middle frame of a multi-frame instance, the one
 // the model read.
 func (s *Service) preview(w http.ResponseWriter, r *http.Request) {
-	if s.loading(w) {
-		return
-	}
-	uid := r.PathValue("uid")
-	e := s.view.get(uid)
-	if e == nil {
-		writeError(w, http.StatusNotFound, "no study "+uid+" on the worklist")
-		return
-	}
-	list, _, err := get[studyInstances](r.Context(), s.instances, uid)
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+	e, list, ok := s.studyOf(w, r)
+	if !ok {
 		return
 	}
 	sop := r.URL.Query().Get("sop")
@@ -46,7 +36,7 @@ func (s *Service) preview(w http.ResponseWriter, r *http.Request) {
 	}
 	key := objectKey(list, sop)
 	if key == "" {
-		writeError(w, http.StatusNotFound, "no image "+sop+" in study "+uid)
+		writeError(w, http.StatusNotFound, "no image "+sop+" in study "+e.StudyInstanceUID)
 		return
 	}
 	b, err := storage.ReadAll(r.Context(), s.cfg.Objects, key, maxPreviewBytes)

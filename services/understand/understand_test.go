@@ -1,7 +1,6 @@
 package understand
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,7 +24,7 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
 	"github.com/pacsflow/pacsflow/pkg/natsserver/natstest"
-	"github.com/pacsflow/pacsflow/pkg/storage"
+	"github.com/pacsflow/pacsflow/pkg/storage/storagetest"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
 
@@ -86,15 +85,7 @@ func mean(im model.Image) float32 {
 }
 
 // objects is an in-memory store.
-type objects map[string][]byte
-
-func (o objects) Open(_ context.Context, key string) (io.ReadCloser, storage.Object, error) {
-	b, ok := o[key]
-	if !ok {
-		return nil, storage.Object{}, fmt.Errorf("open %s: %w", key, storage.ErrNotFound)
-	}
-	return io.NopCloser(bytes.NewReader(b)), storage.Object{Key: key, Size: int64(len(b))}, nil
-}
+type objects = storagetest.Objects
 
 // study builds the manifest of a study event and stores its instances.
 type study struct {

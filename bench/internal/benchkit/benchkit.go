@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,3 +187,42 @@ func CPUTime() float64 {
 
 // Ms is d in milliseconds.
 func Ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+// Pct is the nearest-rank percentile p of v (0: minimum, 100: maximum);
+// NaN for no values.
+func Pct(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if p <= 0 {
+		return s[0]
+	}
+	k := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(k, len(s)-1))]
+}
+
+// Profiled wraps a measurement in a Go CPU profile written to path; with
+// no path it is the measurement itself.
+func Profiled(path string, measure func(context.Context) error) func(context.Context) error {
+	if path == "" {
+		return measure
+	}
+	return func(ctx context.Context) (err error) {
+		f, err := os.Create(path)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer func() {
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("cpu profile: %w", cerr)
+			}
+		}()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+		return measure(ctx)
+	}
+}
