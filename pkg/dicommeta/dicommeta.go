@@ -70,10 +70,13 @@ type Instance struct {
 	// TransferSyntaxUID comes from the file meta information.
 	TransferSyntaxUID string `json:"transfer_syntax_uid"`
 
-	PatientID              string `json:"patient_id,omitempty"`
-	PatientName            string `json:"patient_name,omitempty"`
-	PatientBirthDate       string `json:"patient_birth_date,omitempty"`
-	PatientSex             string `json:"patient_sex,omitempty"`
+	PatientID        string `json:"patient_id,omitempty"`
+	PatientName      string `json:"patient_name,omitempty"`
+	PatientBirthDate string `json:"patient_birth_date,omitempty"`
+	PatientSex       string `json:"patient_sex,omitempty"`
+	// PatientIdentityRemoved is (0012,0062): YES when the instance was
+	// de-identified, which an image derived from it must say too.
+	PatientIdentityRemoved string `json:"patient_identity_removed,omitempty"`
 	AccessionNumber        string `json:"accession_number,omitempty"`
 	StudyDate              string `json:"study_date,omitempty"`
 	StudyTime              string `json:"study_time,omitempty"`
@@ -366,6 +369,8 @@ func extract(elements []*dicom.Element) *Instance {
 			in.PatientBirthDate = text(e)
 		case tag.PatientSex:
 			in.PatientSex = text(e)
+		case tag.PatientIdentityRemoved:
+			in.PatientIdentityRemoved = text(e)
 		case tag.AccessionNumber:
 			in.AccessionNumber = text(e)
 		case tag.StudyDate:

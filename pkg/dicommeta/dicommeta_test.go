@@ -98,6 +98,7 @@ func stopDataSet(e enc) (ds []byte, stop int) {
 		e.str(0x00080060, "CS", "CT"),
 		e.seq(0x00081115, true, e.item(true, e.str(0x00081150, "UI", uid.CTImageStorage))),
 		e.str(0x00100010, "PN", "Doe^Jane"),
+		e.str(0x00120062, "CS", "YES"),
 		e.studyAndSeries(),
 		e.str(0x00200013, "IS", "7"),
 		e.us(0x00280010, 512),
@@ -113,6 +114,7 @@ var stopWant = Instance{
 	StudyInstanceUID:           testStudy,
 	SeriesInstanceUID:          testSeries,
 	PatientName:                "Doe^Jane",
+	PatientIdentityRemoved:     "YES",
 	StudyDate:                  "20240131",
 	Modality:                   "CT",
 	RequestedProcedurePriority: "HIGH",
@@ -468,7 +470,7 @@ func TestInstanceJSON(t *testing.T) {
 	}
 	const want = `{"sop_class_uid":"1.2.840.10008.5.1.4.1.1.2","sop_instance_uid":"1.2.826.0.1.3680043.2.1125.1.1",` +
 		`"study_instance_uid":"1.2.826.0.1.3680043.2.1125.1.2","series_instance_uid":"1.2.826.0.1.3680043.2.1125.1.3",` +
-		`"transfer_syntax_uid":"","patient_name":"Doe^Jane","study_date":"20240131","modality":"CT",` +
+		`"transfer_syntax_uid":"","patient_name":"Doe^Jane","patient_identity_removed":"YES","study_date":"20240131","modality":"CT",` +
 		`"requested_procedure_priority":"HIGH","image_type":["ORIGINAL","PRIMARY","AXIAL"],"specific_character_set":["ISO_IR 100"],` +
 		`"instance_number":7,"number_of_frames":1,"rows":512,"columns":256}`
 	if string(b) != want {

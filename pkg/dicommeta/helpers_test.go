@@ -276,6 +276,7 @@ func (d dump) instance(tb testing.TB, ts string) *Instance {
 		PatientName:                d["0010,0010"],
 		PatientBirthDate:           d["0010,0030"],
 		PatientSex:                 d["0010,0040"],
+		PatientIdentityRemoved:     d["0012,0062"],
 		AccessionNumber:            d["0008,0050"],
 		StudyDate:                  d["0008,0020"],
 		StudyTime:                  d["0008,0030"],
