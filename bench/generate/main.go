@@ -279,7 +279,7 @@ func (b *bench) putStudies(ctx context.Context, dir string, res *synth.Result) (
 				if err != nil {
 					return nil, fmt.Errorf("decode %s: %w", f.Path, err)
 				}
-				s.source = imaging.Preprocess(fr, pre)
+				s.source = pre.Input(fr)
 			}
 			key, err := storage.InstanceKey(ts.StudyInstanceUID, f.SeriesInstanceUID, f.SOPInstanceUID, "v1")
 			if err != nil {

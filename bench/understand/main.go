@@ -348,7 +348,7 @@ func (b *bench) decodePhase(ctx context.Context, measure bool) ([]model.Image, e
 		if err != nil {
 			return nil, fmt.Errorf("decode %s: %w", f, err)
 		}
-		imgs[i] = imaging.Preprocess(fr, p)
+		imgs[i] = p.Input(fr)
 	}
 	if !measure {
 		return imgs, nil
@@ -358,7 +358,7 @@ func (b *bench) decodePhase(ctx context.Context, measure bool) ([]model.Image, e
 		if err != nil {
 			return err
 		}
-		imaging.Preprocess(f, p)
+		p.Input(f)
 		return nil
 	}
 	fetchDecode := func(i int) error {
@@ -376,7 +376,7 @@ func (b *bench) decodePhase(ctx context.Context, measure bool) ([]model.Image, e
 		if err != nil {
 			return err
 		}
-		imaging.Preprocess(f, p)
+		p.Input(f)
 		return nil
 	}
 	fmt.Printf("\n== decode+preprocess: %d images of %d×%d, 16-bit, CR and DX (%.0f KB each) → %d×%d\n",

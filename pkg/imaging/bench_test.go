@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
-	"github.com/pacsflow/pacsflow/pkg/model"
 )
 
 // BenchmarkDecodePreprocess measures the pixel pipeline (parse, decode one frame, rescale,
@@ -15,7 +14,7 @@ import (
 // used) and a 2140×1760 16-bit CR.
 func BenchmarkDecodePreprocess(b *testing.B) {
 	paths := dicomtest.SamplePaths(b)
-	p := model.Preprocessing{ImageSize: [2]int{64, 64}, Channels: 1, ValueRange: [2]float64{0, 1}, Window: model.Window{Center: 2048, Width: 4096}}
+	p := Target{Size: [2]int{64, 64}, Channels: 1, ValueRange: [2]float64{0, 1}, Window: Window{Center: 2048, Width: 4096}}
 	for _, c := range []struct {
 		name string
 		path string

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
-	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/part10"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
@@ -32,7 +31,7 @@ type dcmtkCase struct {
 	file func(t *testing.T) []byte
 	// window is the contract's window, given to dcm2pnm as +Ww when the instance has none; with
 	// frameVOIWindow, the instance's own.
-	window model.Window
+	window Window
 	// datasetWindow says the instance has a VOI window of its own: dcm2pnm renders it with +Wi 1.
 	datasetWindow bool
 	// frameVOIWindow says the instance's window is in the Frame VOI LUT Sequence (0028,9132) of
@@ -49,7 +48,7 @@ type dcmtkCase struct {
 }
 
 // contractWindow is the example contract's window (schemas/model-contract.md), for 12-bit data.
-var contractWindow = model.Window{Center: 2048, Width: 4096}
+var contractWindow = Window{Center: 2048, Width: 4096}
 
 func TestMatchesDCMTK(t *testing.T) {
 	requireTools(t, "dcm2pnm", "dcmcjpeg", "dcmdjpeg", "dcmconv", "dcmodify")
@@ -102,7 +101,7 @@ func TestMatchesDCMTK(t *testing.T) {
 		{name: "12-bit signed, rescale, data set window, overlay bits", datasetWindow: true,
 			file: explicit(img(dicomtest.Image{BitsStored: 12, Signed: true, Photometric: m2,
 				RescaleSlope: "1", RescaleIntercept: "-1024", WindowCenter: "-600", WindowWidth: "1500"}, -2048, 2047, true))},
-		{name: "16-bit unsigned, contract window c=30000 w=50000", window: model.Window{Center: 30000, Width: 50000},
+		{name: "16-bit unsigned, contract window c=30000 w=50000", window: Window{Center: 30000, Width: 50000},
 			file: explicit(img(dicomtest.Image{BitsStored: 16, Photometric: m2}, 0, 65535, false))},
 		{name: "16-bit signed CT, rescale, narrow data set window", datasetWindow: true,
 			file: explicit(img(dicomtest.Image{BitsStored: 16, Signed: true, Photometric: m2,
@@ -110,7 +109,7 @@ func TestMatchesDCMTK(t *testing.T) {
 		{name: "16-bit signed, fractional rescale, MONOCHROME1", datasetWindow: true,
 			file: explicit(img(dicomtest.Image{BitsStored: 16, Signed: true, Photometric: m1,
 				RescaleSlope: "0.25", RescaleIntercept: "100.5", WindowCenter: "150", WindowWidth: "1000"}, -3000, 3000, false))},
-		{name: "8-bit MONOCHROME2, contract window", window: model.Window{Center: 128, Width: 256},
+		{name: "8-bit MONOCHROME2, contract window", window: Window{Center: 128, Width: 256},
 			file: explicit(img(dicomtest.Image{BitsStored: 8, Photometric: m2}, 0, 255, false))},
 		{name: "8-bit MONOCHROME1, rescale, data set window", datasetWindow: true,
 			file: explicit(img(dicomtest.Image{BitsStored: 8, Photometric: m1, RescaleSlope: "3", RescaleIntercept: "-10",
@@ -135,7 +134,7 @@ func TestMatchesDCMTK(t *testing.T) {
 		{name: "VOI LUT Function SIGMOID in the data set, both linear (dcm2pnm +Wfl)", datasetWindow: true, args: []string{"+Wfl"},
 			file: transcode(explicit(img(dicomtest.Image{BitsStored: 12, Photometric: m2, WindowCenter: "2048", WindowWidth: "1000"}, 0, 4095, false)),
 				"dcmodify", "-nb", "-i", "(0028,1056)=SIGMOID")},
-		{name: "8-bit JPEG Baseline (dcmcjpeg +eb; DCMTK decodes with dcmdjpeg)", window: model.Window{Center: 128, Width: 256},
+		{name: "8-bit JPEG Baseline (dcmcjpeg +eb; DCMTK decodes with dcmdjpeg)", window: Window{Center: 128, Width: 256},
 			file: transcode(explicit(img(dicomtest.Image{BitsStored: 8, Photometric: m2}, 0, 255, false)), "dcmcjpeg", "+eb")},
 		{name: "sample 1.dcm: PT, 16-bit signed, fractional slope, data set window", datasetWindow: true, file: sample(1)},
 		{name: "sample 2.dcm: PT, 16-bit signed, fractional slope, data set window", datasetWindow: true, file: sample(2)},
@@ -145,10 +144,10 @@ func TestMatchesDCMTK(t *testing.T) {
 		// Sequence (0028,9145) of the Shared Functional Groups Sequence, where DCMTK finds it too,
 		// and its window (49/102) in the Frame VOI LUT Sequence, where dcm2pnm 3.6.7 does not.
 		{name: "sample 5.dcm: enhanced CT, middle of 2 frames, rescale and window in functional groups",
-			datasetWindow: true, frameVOIWindow: true, window: model.Window{Center: 49, Width: 102}, frame: 1, frames: 2,
+			datasetWindow: true, frameVOIWindow: true, window: Window{Center: 49, Width: 102}, frame: 1, frames: 2,
 			file: sample(5)},
-		{name: "sample 6.dcm: OT, 8-bit, Deflated, contract window", window: model.Window{Center: 128, Width: 256}, file: sample(6)},
-		{name: "sample 6.dcm as JPEG Baseline (dcmcjpeg +eb)", window: model.Window{Center: 100, Width: 150},
+		{name: "sample 6.dcm: OT, 8-bit, Deflated, contract window", window: Window{Center: 128, Width: 256}, file: sample(6)},
+		{name: "sample 6.dcm as JPEG Baseline (dcmcjpeg +eb)", window: Window{Center: 100, Width: 150},
 			file: transcode(sample(6), "dcmcjpeg", "+eb")},
 	}
 	for _, tt := range tests {
@@ -239,7 +238,7 @@ func matchDCMTK(t *testing.T, tt dcmtkCase) {
 		t.Fatalf("dcm2pnm rendered one grey level: the case tests nothing")
 	}
 
-	p := model.Preprocessing{ImageSize: [2]int{f.Rows, f.Cols}, Channels: 1, ValueRange: [2]float64{0, 255}, Window: tt.window}
+	p := Target{Size: [2]int{f.Rows, f.Cols}, Channels: 1, ValueRange: [2]float64{0, 255}, Window: tt.window}
 	got := Preprocess(f, p)
 	// At the frame's own size the resize reads each pixel once with weight 1 (and its
 	// neighbour with weight 0): the output is the windowed frame, exactly.
@@ -248,8 +247,8 @@ func matchDCMTK(t *testing.T, tt dcmtkCase) {
 		if f.Photometric == "MONOCHROME1" {
 			y = 1 - y
 		}
-		if exact := float32(0 + y*255); got.Pixels[i] != exact {
-			t.Fatalf("pixel %d: resize to the frame's own size gave %v, want the windowed value %v exactly", i, got.Pixels[i], exact)
+		if exact := float32(0 + y*255); got[i] != exact {
+			t.Fatalf("pixel %d: resize to the frame's own size gave %v, want the windowed value %v exactly", i, got[i], exact)
 		}
 	}
 
@@ -259,15 +258,15 @@ func matchDCMTK(t *testing.T, tt dcmtkCase) {
 	// per modality unit the window spans (255/(width−1)), as |f − ref| < 1 (≤ 1 for JPEG): what
 	// is logged, not asserted.
 	const slack = 1e-3
-	lo, hi, _ := diffRange(got.Pixels, want.pix)
+	lo, hi, _ := diffRange(got, want.pix)
 	refGot := Preprocess(&ref, p)
-	refLo, refHi, at := diffRange(refGot.Pixels, want.pix)
+	refLo, refHi, at := diffRange(refGot, want.pix)
 	t.Logf("%d×%d, %d grey levels, window c=%g w=%g: Preprocess − dcm2pnm in [%+.3f, %+.3f] grey levels, on DCMTK's modality values [%+.3f, %+.3f]%s",
 		f.Rows, f.Cols, len(levels), w.Center, w.Width, lo, hi, refLo, refHi, note)
 	if refLo < -slack || refHi > 1+slack {
 		y, x := at/f.Cols, at%f.Cols
 		msg := fmt.Sprintf("Preprocess − dcm2pnm is in [%+.3f, %+.3f] grey levels, want [0, 1] (dcm2pnm truncates); e.g. at (%d,%d) the modality value %v (DCMTK's %v) gives %.3f, dcm2pnm %d",
-			refLo, refHi, y, x, f.Values[at], ref.Values[at], refGot.Pixels[at], want.pix[at])
+			refLo, refHi, y, x, f.Values[at], ref.Values[at], refGot[at], want.pix[at])
 		if tt.knownBug != "" {
 			msg = "KNOWN BUG in pkg/imaging, this case fails until it is fixed: " + tt.knownBug + ".\n" + msg
 		}
@@ -279,9 +278,9 @@ func matchDCMTK(t *testing.T, tt dcmtkCase) {
 
 	// The comparison must be able to fail: the window moved by 3 grey levels is seen.
 	shifted := ref
-	moved := model.Window{Center: w.Center + math.Max(3*(w.Width-1)/255, 1), Width: w.Width}
+	moved := Window{Center: w.Center + math.Max(3*(w.Width-1)/255, 1), Width: w.Width}
 	shifted.Window = &moved
-	if lo, hi, _ := diffRange(Preprocess(&shifted, p).Pixels, want.pix); lo >= -slack && hi <= 1+slack {
+	if lo, hi, _ := diffRange(Preprocess(&shifted, p), want.pix); lo >= -slack && hi <= 1+slack {
 		t.Errorf("with the window's centre moved to %g, Preprocess − dcm2pnm is still in [%+.3f, %+.3f]: the comparison cannot fail", moved.Center, lo, hi)
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/suyashkumar/dicom/pkg/frame"
 	"github.com/suyashkumar/dicom/pkg/tag"
 
-	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/part10"
 )
 
@@ -59,7 +58,7 @@ type Frame struct {
 	Photometric           string
 	// Window is the frame's first VOI window, if it has one: from its functional groups
 	// (per-frame, else shared) in an enhanced multi-frame instance, else the top level's.
-	Window *model.Window
+	Window *Window
 }
 
 // Decode parses a Part 10 instance and returns its middle frame (the only one for a
@@ -155,7 +154,7 @@ func frameOf(ds *dicom.Dataset, bigEndian bool) (*Frame, error) {
 		c, okC := value(els, tag.WindowCenter)
 		w, okW := value(els, tag.WindowWidth)
 		if okC && okW && w >= 1 {
-			f.Window = &model.Window{Center: c, Width: w}
+			f.Window = &Window{Center: c, Width: w}
 			break
 		}
 	}
@@ -276,16 +275,30 @@ func (f *Frame) fromJPEG(fr *frame.Frame) error {
 	return nil
 }
 
-// Preprocess turns a frame into the model's input: the VOI window (the frame's own, else the
-// contract's) mapped linearly onto the value range as PS3.3 C.11.2.1.2 defines it,
-// MONOCHROME1 inverted so that higher is brighter, bilinear resizing to the model's size, and
-// the grey value repeated over the channels.
-func Preprocess(f *Frame, p model.Preprocessing) model.Image {
-	w := p.Window
+// Window is a VOI window (PS3.3 C.11.2.1.2).
+type Window struct {
+	Center, Width float64
+}
+
+// Target is what Preprocess maps a frame onto: a model's input size, channels and value range
+// (model.Preprocessing.Input gives the contract's), and the window of frames without their own.
+type Target struct {
+	Size       [2]int // rows, columns
+	Channels   int
+	ValueRange [2]float64
+	Window     Window
+}
+
+// Preprocess turns a frame into a model's input, in row order with the channels last: the VOI
+// window (the frame's own, else the target's) mapped linearly onto the value range as PS3.3
+// C.11.2.1.2 defines it, MONOCHROME1 inverted so that higher is brighter, bilinear resizing to
+// the target's size, and the grey value repeated over the channels.
+func Preprocess(f *Frame, t Target) []float32 {
+	w := t.Window
 	if f.Window != nil {
 		w = *f.Window
 	}
-	lo, hi := p.ValueRange[0], p.ValueRange[1]
+	lo, hi := t.ValueRange[0], t.ValueRange[1]
 	invert := f.Photometric == "MONOCHROME1"
 	// Windowing each sample the resize reads, rather than the whole frame first, gives the
 	// same values and touches only the pixels the model sees.
@@ -296,18 +309,18 @@ func Preprocess(f *Frame, p model.Preprocessing) model.Image {
 		}
 		return float32(lo + y*(hi-lo))
 	}
-	h, wd, ch := p.ImageSize[0], p.ImageSize[1], p.Channels
+	h, wd, ch := t.Size[0], t.Size[1], t.Channels
 	out := make([]float32, h*wd*ch)
 	resizeBilinear(windowed, f.Rows, f.Cols, h, wd, func(i int, v float32) {
 		for c := range ch {
 			out[i*ch+c] = v
 		}
 	})
-	return model.Image{Pixels: out}
+	return out
 }
 
 // voiLinear is the LINEAR VOI LUT function of PS3.3 C.11.2.1.2.1 with output range [0,1].
-func voiLinear(x float64, w model.Window) float64 {
+func voiLinear(x float64, w Window) float64 {
 	c, width := w.Center, w.Width
 	switch {
 	case x <= c-0.5-(width-1)/2:

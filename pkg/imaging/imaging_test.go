@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
-	"github.com/pacsflow/pacsflow/pkg/model"
 	"github.com/pacsflow/pacsflow/pkg/part10"
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
@@ -43,15 +42,15 @@ func ramp(rows, cols, frames int, f func(fr, y, x int) uint16) []uint16 {
 	return v
 }
 
-var preprocessing = model.Preprocessing{
-	ImageSize: [2]int{4, 4}, Channels: 1, ValueRange: [2]float64{0, 1}, Window: model.Window{Center: 2048, Width: 4096},
+var preprocessing = Target{
+	Size: [2]int{4, 4}, Channels: 1, ValueRange: [2]float64{0, 1}, Window: Window{Center: 2048, Width: 4096},
 }
 
 func TestDecodeAndPreprocess(t *testing.T) {
 	tests := []struct {
 		name  string
 		image dicomtest.Image
-		p     model.Preprocessing
+		p     Target
 		want  func(y, x int) float64 // expected model input at (y, x), channel 0
 	}{
 		{"12-bit MONOCHROME2, the contract's window", dicomtest.Image{
@@ -87,7 +86,7 @@ func TestDecodeAndPreprocess(t *testing.T) {
 		{"three channels", dicomtest.Image{
 			Rows: 4, Cols: 4, BitsStored: 12, Photometric: "MONOCHROME2",
 			Values: ramp(4, 4, 0, func(_, y, x int) uint16 { return uint16(y*1000 + x*10) }),
-		}, model.Preprocessing{ImageSize: [2]int{4, 4}, Channels: 3, ValueRange: [2]float64{-1, 1}, Window: model.Window{Center: 2048, Width: 4096}},
+		}, Target{Size: [2]int{4, 4}, Channels: 3, ValueRange: [2]float64{-1, 1}, Window: Window{Center: 2048, Width: 4096}},
 			func(y, x int) float64 { return -1 + 2*float64(y*1000+x*10)/4095 }},
 	}
 	for _, tt := range tests {
@@ -101,13 +100,13 @@ func TestDecodeAndPreprocess(t *testing.T) {
 			}
 			im := Preprocess(f, tt.p)
 			ch := tt.p.Channels
-			if len(im.Pixels) != 16*ch {
-				t.Fatalf("%d pixels", len(im.Pixels))
+			if len(im) != 16*ch {
+				t.Fatalf("%d pixels", len(im))
 			}
 			for y := range 4 {
 				for x := range 4 {
 					for c := range ch {
-						got, want := float64(im.Pixels[(y*4+x)*ch+c]), tt.want(y, x)
+						got, want := float64(im[(y*4+x)*ch+c]), tt.want(y, x)
 						if math.Abs(got-want) > 1e-5 {
 							t.Errorf("(%d,%d,%d) = %.6f, want %.6f", y, x, c, got, want)
 						}
@@ -270,7 +269,7 @@ func TestDecodeFunctionalGroups(t *testing.T) {
 					t.Fatalf("value %d = %v, want %v (slope %g, intercept %g, frame 1)", i, got, want, tt.slope, tt.intercept)
 				}
 			}
-			if want := (model.Window{Center: tt.center, Width: tt.width}); f.Window == nil || *f.Window != want {
+			if want := (Window{Center: tt.center, Width: tt.width}); f.Window == nil || *f.Window != want {
 				t.Errorf("window %v, want %+v", f.Window, want)
 			}
 		})

@@ -4,8 +4,6 @@ import (
 	"image"
 	"math"
 	"slices"
-
-	"github.com/pacsflow/pacsflow/pkg/model"
 )
 
 // Render maps a frame onto 8-bit grey for display, at most maxSide pixels
@@ -19,15 +17,14 @@ func Render(f *Frame, maxSide int) *image.Gray {
 		scale := float64(maxSide) / float64(max(rows, cols))
 		rows, cols = max(1, int(math.Round(float64(rows)*scale))), max(1, int(math.Round(float64(cols)*scale)))
 	}
-	p := model.Preprocessing{ImageSize: [2]int{rows, cols}, Channels: 1, ValueRange: [2]float64{0, 255}}
+	t := Target{Size: [2]int{rows, cols}, Channels: 1, ValueRange: [2]float64{0, 255}}
 	if f.Window == nil {
 		// The window whose LINEAR function maps the lowest value to 0 and the highest to 1.
 		lo, hi := float64(slices.Min(f.Values)), float64(slices.Max(f.Values))
-		p.Window = model.Window{Center: (lo+hi)/2 + 0.5, Width: hi - lo + 1}
+		t.Window = Window{Center: (lo+hi)/2 + 0.5, Width: hi - lo + 1}
 	}
-	grey := Preprocess(f, p)
 	img := image.NewGray(image.Rect(0, 0, cols, rows))
-	for i, v := range grey.Pixels {
+	for i, v := range Preprocess(f, t) {
 		img.Pix[i] = uint8(math.Round(float64(v)))
 	}
 	return img

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/pacsflow/pacsflow/pkg/imaging"
 )
 
 // ContractVersion is the contract version this package implements.
@@ -62,6 +64,12 @@ type Preprocessing struct {
 	ValueRange         [2]float64 `json:"value_range"`
 	Window             Window     `json:"window"`
 	AcceptedModalities []string   `json:"accepted_modalities"`
+}
+
+// Input maps a decoded frame onto the model's input as the contract's preprocessing says
+// (imaging.Preprocess).
+func (p Preprocessing) Input(f *imaging.Frame) Image {
+	return Image{Pixels: imaging.Preprocess(f, imaging.Target{Size: p.ImageSize, Channels: p.Channels, ValueRange: p.ValueRange, Window: imaging.Window(p.Window)})}
 }
 
 // Window is a VOI window (PS3.3 C.11.2.1.2) used when a dataset has none of its own.

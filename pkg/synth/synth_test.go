@@ -357,7 +357,7 @@ func TestInstances(t *testing.T) {
 				t.Fatalf("image %d pixel %d: CR %v, DX %v: want DX = 4095 − CR", k+1, i, cr.Values[i], dx.Values[i])
 			}
 		}
-		a, b := imaging.Preprocess(cr, contract.Preprocessing), imaging.Preprocess(dx, contract.Preprocessing)
+		a, b := contract.Preprocessing.Input(cr), contract.Preprocessing.Input(dx)
 		var sum, worst float64
 		for i := range a.Pixels {
 			if math.Abs(float64(a.Pixels[i]-b.Pixels[i])) > 1e-6 {

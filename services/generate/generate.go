@@ -297,7 +297,7 @@ func (s *Service) source(ctx context.Context, r *events.AugmentationRequested) (
 		if err != nil {
 			return nil, events.Poison(fmt.Errorf("request %s: source %s: %w", r.RequestID, in.SOPInstanceUID, err))
 		}
-		img := imaging.Preprocess(f, s.contract.Preprocessing)
+		img := s.contract.Preprocessing.Input(f)
 		src.image = &img
 	}
 	return src, nil

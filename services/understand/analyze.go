@@ -132,7 +132,7 @@ func (s *Service) prepare(ctx context.Context, ref events.InstanceRef) (img mode
 	if !s.accepted[f.Modality] {
 		return img, 0, fmt.Sprintf("modality %s is not one the model accepts (%s)", orNone(f.Modality), strings.Join(s.contract.Preprocessing.AcceptedModalities, ", ")), nil
 	}
-	return imaging.Preprocess(f, s.contract.Preprocessing), f.Index + 1, "", nil
+	return s.contract.Preprocessing.Input(f), f.Index + 1, "", nil
 }
 
 // syntheticPrefix starts the skip reason of a synthetic image.
