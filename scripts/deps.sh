@@ -61,3 +61,19 @@ need_tensorflow() {
   export GOFLAGS="-tags=tensorflow"
   export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
 }
+
+HELM_VERSION="v3.22.0"
+
+# need_helm builds helm (what deploy/deploy_test.go lints and renders the Helm chart with) from
+# its Go module into .build/bin/helm when missing or of another version (no Docker or
+# Kubernetes needed; the first build downloads the modules and takes about a minute), and puts
+# .build/bin first on PATH.
+need_helm() {
+  if [ ! -x .build/bin/helm ] || ! go version -m .build/bin/helm 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+helm.sh/helm/v3[[:space:]]+$HELM_VERSION[[:space:]]"; then
+    echo "== building helm $HELM_VERSION into .build/bin"
+    mkdir -p .build/bin
+    # Without need_tensorflow's cgo flags and build tag: helm is a plain Go program.
+    env -u GOFLAGS -u CGO_CFLAGS -u CGO_LDFLAGS GOBIN="$PWD/.build/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  fi
+  export PATH="$PWD/.build/bin:$PATH"
+}

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 need_go
 need_dcmtk
 need_chromium
+need_helm
 need_venv
 need_tensorflow
 echo "== go vet, staticcheck"
