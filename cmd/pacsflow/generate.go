@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pacsflow/pacsflow/pkg/batch"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/genimage"
 	"github.com/pacsflow/pacsflow/pkg/model"
@@ -21,7 +22,8 @@ import (
 	"github.com/pacsflow/pacsflow/services/generate"
 )
 
-// generateFlags are the generate service's flags in `pacsflow up`.
+// generateFlags are the generate service's flags, in `pacsflow up` and
+// `pacsflow generate serve`.
 type generateFlags struct {
 	enabled       *bool
 	policy, root  *string
@@ -31,9 +33,8 @@ type generateFlags struct {
 	maxDeliverGen *int
 }
 
-func addGenerateFlags(fs *flag.FlagSet) *generateFlags {
-	return &generateFlags{
-		enabled:       fs.Bool("generate", true, "run the generate service (ai.augmentation.requested → synthetic DICOM images) when the model has the generate signature"),
+func addGenerateFlags(fs *flag.FlagSet, optional bool) *generateFlags {
+	f := &generateFlags{
 		policy:        fs.String("generate-policy", "", "generate images for studies with a finding: label=task:count[:prompt], comma-separated, e.g. 'nodule=synthesize:4'"),
 		root:          fs.String("synthetic-uid-root", "", "UID root reserved for generated (synthetic) objects, at most 39 characters; empty: 2.25 UUID-derived UIDs"),
 		batchSize:     fs.Int("generate-batch-size", 16, "largest generate batch: images of all requests in flight share batches"),
@@ -41,6 +42,10 @@ func addGenerateFlags(fs *flag.FlagSet) *generateFlags {
 		requests:      fs.Int("generate-requests", 8, "requests worked on at once by this process"),
 		maxDeliverGen: fs.Int("generate-max-deliver", 5, "attempts at a request before it goes to the dead letters"),
 	}
+	if optional {
+		f.enabled = fs.Bool("generate", true, "run the generate service (ai.augmentation.requested → synthetic DICOM images) when the model has the generate signature")
+	}
+	return f
 }
 
 // config checks the flags and returns the service's configuration around an open model.
@@ -52,6 +57,7 @@ func (f *generateFlags) config(m generate.Model, store generate.Store, backend, 
 	return generate.Config{
 		Model: m, Store: store, Backend: backend, Bucket: bucket,
 		Objects: genimage.Config{UIDRoot: *f.root}, Policy: rules,
+		Batch:    batch.Config{MaxSize: *f.batchSize, MaxWait: *f.batchWait},
 		Requests: *f.requests, MaxDeliver: *f.maxDeliverGen, Streams: streams, KVReplicas: replicas,
 		Source: "pacsflow/generate/" + hostname(),
 	}, nil
@@ -66,7 +72,76 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return runSubcommand(ctx, "generate", map[string]command{
 		"request": {"ask the generate service for images derived from a study", runGenerateRequest},
 		"fetch":   {"save the images of a request as DICOM files or PNG previews", runGenerateFetch},
+		"serve":   {"run the generate service against an external NATS JetStream", runGenerateServe},
 	}, args, stdout, stderr)
+}
+
+func runGenerateServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("generate serve --nats-url URL [flags]",
+		"Runs the generate service against an external NATS JetStream, as pacsflow up does: it\n"+
+			"takes requests on ai.augmentation.requested.<task> (pacsflow generate request, POST\n"+
+			"/v1/augmentations on --http-addr, or the policy rules of --generate-policy), runs the\n"+
+			"model's generate signature in batches shared by all requests, stores each image as a\n"+
+			"DICOM instance of a synthetic study in the store ingest writes to, and publishes\n"+
+			"ai.augmentation.generated.<task>. Run one per GPU node: the processes share the requests.\n"+
+			"Generated images are synthetic, never clinical: see docs/synthetic-objects.md.", stderr)
+	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
+	st := addStorageFlags(fs)
+	replicas := fs.Int("replicas", 1, "JetStream replicas of the request index bucket (3 on a cluster)")
+	httpAddr := fs.String("http-addr", "127.0.0.1:8083", "HTTP address for the request and preview endpoints, /metrics, /healthz and /readyz; empty disables it")
+	mf := addModelFlags(fs, false)
+	gf := addGenerateFlags(fs, false)
+	level, format := logFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return err
+	}
+	if _, err := generate.ParsePolicy(*gf.policy); err != nil {
+		return fmt.Errorf("--generate-policy: %w", err)
+	}
+	nc, js, store, bucket, err := connectService(ctx, *natsURL, "pacsflow-generate", st, *replicas, log, stdout)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	m, err := mf.open(ctx, stdout)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if !m.Contract().Has(model.SigGenerate) {
+		return fmt.Errorf("--model %s has no %s signature", *mf.model, model.SigGenerate)
+	}
+	cfg, err := gf.config(m, store, *st.backend, bucket, events.StreamConfig{Replicas: *replicas}, *replicas)
+	if err != nil {
+		return err
+	}
+	reg := newRegistry()
+	cfg.Logger, cfg.Registerer = log, reg
+	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	svc, err := generate.New(setup, js, cfg)
+	if err != nil {
+		return err
+	}
+	if *httpAddr != "" {
+		hs, err := startHTTP(*httpAddr, reg, nil, log, stdout, svc.Routes)
+		if err != nil {
+			return err
+		}
+		defer shutdownHTTP(hs)
+	}
+	fmt.Fprintf(stdout, "generate: requests on %s.>, synthetic DICOM images stored and announced on %s.>\n",
+		events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
+	err = svc.Run(ctx)
+	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		log.Warn("draining the NATS connection", "err", derr)
+	}
+	log.Info("stopped")
+	return err
 }
 
 func runGenerateRequest(ctx context.Context, args []string, stdout, stderr io.Writer) error {

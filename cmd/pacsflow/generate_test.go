@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,4 +117,47 @@ func pixelsOf(t *testing.T, path string) []float32 {
 		t.Fatal(err)
 	}
 	return f.Values
+}
+
+// TestGenerateServe: `pacsflow generate serve` on its own (as on a GPU node)
+// beside `pacsflow up --generate=false` takes a request and its images are
+// stored; --generate-batch-size reaches the service.
+func TestGenerateServe(t *testing.T) {
+	requireTools(t, "storescu")
+	bin := buildPacsflow(t)
+	_, files, truth := synthStudies(t, bin, 1)
+	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore", "--model", referenceModel(t), "--generate=false")...)
+	if strings.Contains(up.stdout.String(), "generate: requests on") {
+		t.Fatalf("up runs the generate service with --generate=false:\n%s", up.stdout.String())
+	}
+	gen := start(t, bin, "generate", "serve", "--nats-url", up.natsURL, "--http-addr", "127.0.0.1:0", "--model", referenceModel(t),
+		"--generate-batch-size", "3")
+	var httpURL string
+	waitFor(t, "pacsflow generate serve listening", func() bool {
+		out := gen.stdout.String()
+		if m := httpLineRE.FindStringSubmatch(out); m != nil {
+			httpURL = m[1]
+		}
+		return httpURL != "" && strings.Contains(out, "generate: requests on")
+	})
+	storeSCU(t, up.dicomAddr, files).mustSucceed(t)
+	req := start(t, bin, "generate", "request", "--nats-url", up.natsURL, "--study", truth.Studies[0].StudyInstanceUID,
+		"--task", "synthesize", "--count", "6", "--seed", "3", "--wait", "90s")
+	req.mustSucceed(t)
+	if n := strings.Count(req.stdout.String(), " seed "); n != 6 {
+		t.Fatalf("generate request printed %d images, want 6:\n%s", n, req.stdout.String())
+	}
+	// Six images in batches of at most three: every batch is in the bucket
+	// up to 4, and there are two at least.
+	_, metrics := httpGet(t, httpURL+"/metrics")
+	upTo4 := regexp.MustCompile(`pacsflow_generate_batch_size_bucket\{le="4"\} (\d+)`).FindStringSubmatch(metrics)
+	count := regexp.MustCompile(`pacsflow_generate_batch_size_count (\d+)`).FindStringSubmatch(metrics)
+	if upTo4 == nil || count == nil || upTo4[1] != count[1] || count[1] == "0" || count[1] == "1" {
+		t.Errorf("batches of --generate-batch-size 3 expected; metrics:\n%s", grepLines(metrics, "pacsflow_generate_batch_size"))
+	}
+	if err := gen.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	gen.mustSucceed(t)
+	up.interrupt(t)
 }

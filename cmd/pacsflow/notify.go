@@ -132,7 +132,7 @@ func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := nf.config(nil, events.StreamConfig{}, *replicas, *httpAddr); err != nil {
 		return err
 	}
-	nc, js, store, err := connectService(ctx, *natsURL, "pacsflow-notify", st, *replicas, log, stdout)
+	nc, js, store, _, err := connectService(ctx, *natsURL, "pacsflow-notify", st, *replicas, log, stdout)
 	if err != nil {
 		return err
 	}

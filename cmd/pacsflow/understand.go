@@ -23,35 +23,65 @@ import (
 	"github.com/pacsflow/pacsflow/services/understand"
 )
 
+// modelFlags name the model and how TensorFlow runs it, for every command
+// that runs a model service.
+type modelFlags struct {
+	model            *string
+	intraOp, interOp *int
+	gpuGrowth        *bool
+}
+
+func addModelFlags(fs *flag.FlagSet, optional bool) *modelFlags {
+	modelHelp := "model directory (a SavedModel that fills the model contract, see pacsflow model inspect); the reference model is model/reference of the repository: small, trained on synthetic phantoms only, not for clinical use"
+	if optional {
+		modelHelp += "; empty: run without the understand service"
+	}
+	return &modelFlags{
+		model:     fs.String("model", "model/reference", modelHelp),
+		intraOp:   fs.Int("intra-op-threads", 1, "TensorFlow threads per operation (0: one per core); 1 is fastest for the small reference model"),
+		interOp:   fs.Int("inter-op-threads", 1, "TensorFlow operations run at once (0: TensorFlow chooses)"),
+		gpuGrowth: fs.Bool("gpu-memory-growth", true, "allocate GPU memory as needed rather than all at start-up, so that processes can share a GPU"),
+	}
+}
+
+// open loads the model and says what it is; the caller closes it.
+func (f *modelFlags) open(ctx context.Context, stdout io.Writer) (*model.Model, error) {
+	if _, err := os.Stat(*f.model); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("--model %s: no such directory (the reference model is model/reference of the pacsflow repository: run from there, or give --model DIR)", *f.model)
+	}
+	start := time.Now()
+	m, err := model.Open(ctx, *f.model, model.Options{IntraOpThreads: *f.intraOp, InterOpThreads: *f.interOp, GPUMemoryGrowth: *f.gpuGrowth})
+	if err != nil {
+		return nil, err
+	}
+	c := m.Contract()
+	fmt.Fprintf(stdout, "model: %s %s from %s, loaded in %v; labels %s; accepts %s\n", c.Model.Name, c.Model.Version, *f.model,
+		time.Since(start).Round(time.Millisecond), strings.Join(c.Labels, ", "), strings.Join(c.Preprocessing.AcceptedModalities, ", "))
+	fmt.Fprintf(stdout, "model intended use: %s\n", c.Model.IntendedUse)
+	return m, nil
+}
+
 // understandFlags are the flags of the understand service, in `pacsflow up`
 // and `pacsflow understand`.
 type understandFlags struct {
-	model, thresholds       *string
+	*modelFlags
+	thresholds              *string
 	batchSize, batchWorkers *int
 	batchWait               *time.Duration
 	studies, decoders       *int
-	intraOp, interOp        *int
-	gpuGrowth               *bool
 	ackWait                 *time.Duration
 	maxDeliver              *int
 }
 
 func addUnderstandFlags(fs *flag.FlagSet, optional bool) *understandFlags {
-	modelHelp := "model directory (a SavedModel that fills the model contract, see pacsflow model inspect); the reference model is model/reference of the repository: small, trained on synthetic phantoms only, not for clinical use"
-	if optional {
-		modelHelp += "; empty: run without the understand service"
-	}
 	return &understandFlags{
-		model:        fs.String("model", "model/reference", modelHelp),
+		modelFlags:   addModelFlags(fs, optional),
 		thresholds:   fs.String("triage-thresholds", "", "triage thresholds per finding, label=URGENT:STAT, comma-separated, e.g. 'nodule=0.5:0.9,*=0.6:0.95' (* sets the default, 0.5:0.9)"),
 		batchSize:    fs.Int("batch-size", 32, "largest model batch: images of all studies in flight share batches"),
 		batchWait:    fs.Duration("batch-wait", 5*time.Millisecond, "how long a batch's first image waits for more before the batch runs"),
 		batchWorkers: fs.Int("batch-workers", 1, "model batches run at once"),
 		studies:      fs.Int("studies", 4, "studies analyzed at once by this process"),
 		decoders:     fs.Int("decoders", 0, "images fetched and decoded at once (0: one per CPU)"),
-		intraOp:      fs.Int("intra-op-threads", 1, "TensorFlow threads per operation (0: one per core); 1 is fastest for the small reference model"),
-		interOp:      fs.Int("inter-op-threads", 1, "TensorFlow operations run at once (0: TensorFlow chooses)"),
-		gpuGrowth:    fs.Bool("gpu-memory-growth", true, "allocate GPU memory as needed rather than all at start-up, so that processes can share a GPU"),
 		ackWait:      fs.Duration("ack-wait", 30*time.Second, "a study whose process stopped answering (crashed, hung) goes to another replica after this long"),
 		maxDeliver:   fs.Int("max-deliver", 5, "attempts at a study before it goes to the dead letters (pacsflow dlq) with its error"),
 	}
@@ -77,18 +107,10 @@ func (f *understandFlags) open(ctx context.Context, objects storage.Reader, stre
 	if err != nil {
 		return nil, understand.Config{}, err
 	}
-	if _, err := os.Stat(*f.model); errors.Is(err, fs.ErrNotExist) {
-		return nil, understand.Config{}, fmt.Errorf("--model %s: no such directory (the reference model is model/reference of the pacsflow repository: run from there, or give --model DIR)", *f.model)
-	}
-	start := time.Now()
-	m, err := model.Open(ctx, *f.model, model.Options{IntraOpThreads: *f.intraOp, InterOpThreads: *f.interOp, GPUMemoryGrowth: *f.gpuGrowth})
+	m, err := f.modelFlags.open(ctx, stdout)
 	if err != nil {
 		return nil, understand.Config{}, err
 	}
-	c := m.Contract()
-	fmt.Fprintf(stdout, "model: %s %s from %s, loaded in %v; labels %s; accepts %s\n", c.Model.Name, c.Model.Version, *f.model,
-		time.Since(start).Round(time.Millisecond), strings.Join(c.Labels, ", "), strings.Join(c.Preprocessing.AcceptedModalities, ", "))
-	fmt.Fprintf(stdout, "model intended use: %s\n", c.Model.IntendedUse)
 	return m, understand.Config{
 		Model: m, Objects: objects, Policy: policy,
 		Batch:   batch.Config{MaxSize: *f.batchSize, MaxWait: *f.batchWait, Workers: *f.batchWorkers},
@@ -138,7 +160,7 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := uf.policy(); err != nil {
 		return err
 	}
-	nc, js, store, err := connectService(ctx, *natsURL, "pacsflow-understand", st, *replicas, log, stdout)
+	nc, js, store, _, err := connectService(ctx, *natsURL, "pacsflow-understand", st, *replicas, log, stdout)
 	if err != nil {
 		return err
 	}

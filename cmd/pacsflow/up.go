@@ -101,7 +101,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 	f.level, f.format = logFlags(fs)
 	if embedded {
 		f.understand = addUnderstandFlags(fs, true)
-		f.generate = addGenerateFlags(fs)
+		f.generate = addGenerateFlags(fs, true)
 		f.notify = addNotifyFlags(fs, true)
 	}
 	return f
@@ -422,25 +422,28 @@ func connectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
 }
 
 // connectService connects a service run on its own (pacsflow understand,
-// pacsflow notify) to NATS and to the store ingest writes to; the caller
-// closes the connection.
-func connectService(ctx context.Context, natsURL, name string, st *storageFlags, replicas int, log *slog.Logger, stdout io.Writer) (*nats.Conn, jetstream.JetStream, storage.Store, error) {
+// notify, generate serve) to NATS and to the store ingest writes to, and
+// names the store's bucket (object store); the caller closes the
+// connection.
+func connectService(ctx context.Context, natsURL, name string, st *storageFlags, replicas int, log *slog.Logger, stdout io.Writer) (*nats.Conn, jetstream.JetStream, storage.Store, string, error) {
 	nc, err := connectNATS(natsURL, name, log)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
 	js, err := jetstream.New(nc)
-	if err == nil {
-		setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		var store storage.Store
-		if store, _, err = st.open(setup, nc, replicas, false); err == nil {
-			return nc, js, store, nil
-		}
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, "", err
 	}
-	nc.Close()
-	return nil, nil, nil, err
+	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	store, bucket, err := st.open(setup, nc, replicas, false)
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, "", err
+	}
+	return nc, js, store, bucket, nil
 }
 
 // newRegistry is a Prometheus registry with the Go runtime's and the process's metrics.
