@@ -38,17 +38,28 @@ const staticBuild = `RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldfla
 
 var staticBuildArgs = []string{"go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", "/out/pacsflow", "./cmd/pacsflow"}
 
-// components are the Deployments the chart runs, by their pacsflow command; http is the
-// port of --http-addr, where /metrics, /healthz and /readyz are served.
+// components are the Deployments the chart runs: name is the component (the Deployment
+// <release>-<name>), cmd the pacsflow command it runs, http the port of --http-addr, where
+// /metrics, /healthz and /readyz are served, and service the ClusterIP Service of that port.
 var components = []struct {
-	name string
-	http int
-}{{"ingest", 8080}, {"understand", 8081}, {"notify", 8082}}
+	name    string
+	cmd     []string
+	http    int
+	service string
+}{
+	{"ingest", []string{"ingest"}, 8080, release + "-ingest-http"},
+	{"understand", []string{"understand"}, 8081, release + "-understand-http"},
+	{"notify", []string{"notify"}, 8082, release + "-notify"},
+	{"generate", []string{"generate", "serve"}, 8083, release + "-generate"},
+}
+
+// modelComponents are the components that run the model, on GPU nodes by default.
+var modelComponents = []string{"understand", "generate"}
 
 // TestHelmChart lints the chart (helm lint --strict) and renders it (helm template) with the
 // default values and with ci/all-options-values.yaml (every option on: DICOM TLS, NodePort,
-// the Ingress, the ServiceMonitor, the model from a volume, webhook rules and secrets, htpasswd
-// users), then checks what the rendered manifests must hold (checkRender), including that
+// the Ingress, the ServiceMonitor, the models from volumes, webhook rules and secrets, htpasswd
+// users, the generate policy and UID root), then checks what the rendered manifests must hold (checkRender), including that
 // pacsflow takes each container's command line, environment and mounted files
 // (checkCommandLine); then that values which could never run are refused, and what NOTES.txt
 // says.
@@ -96,16 +107,44 @@ func TestHelmChart(t *testing.T) {
 			checkCommandLine(t, r, comp.name, d.Spec.Template.Spec, c)
 		}
 	})
-	t.Run("cpu-only-understand", func(t *testing.T) {
-		r := render(t, helm, "--set", "understand.gpu.enabled=false")
-		d := r.deployment(t, "understand")
-		c := d.Spec.Template.Spec.Containers[0]
-		if _, ok := c.Resources.Limits["nvidia.com/gpu"]; ok || len(d.Spec.Template.Spec.NodeSelector) > 0 || len(d.Spec.Template.Spec.Tolerations) > 0 {
-			t.Errorf("understand.gpu.enabled=false still asks for a GPU node: limits %v, nodeSelector %v, tolerations %v",
-				c.Resources.Limits, d.Spec.Template.Spec.NodeSelector, d.Spec.Template.Spec.Tolerations)
+	for _, comp := range modelComponents {
+		t.Run("cpu-only-"+comp, func(t *testing.T) {
+			r := render(t, helm, "--set", comp+".gpu.enabled=false")
+			d := r.deployment(t, comp)
+			c := d.Spec.Template.Spec.Containers[0]
+			if _, ok := c.Resources.Limits["nvidia.com/gpu"]; ok || len(d.Spec.Template.Spec.NodeSelector) > 0 || len(d.Spec.Template.Spec.Tolerations) > 0 {
+				t.Errorf("%s.gpu.enabled=false still asks for a GPU node: limits %v, nodeSelector %v, tolerations %v",
+					comp, c.Resources.Limits, d.Spec.Template.Spec.NodeSelector, d.Spec.Template.Spec.Tolerations)
+			}
+			if !strings.HasSuffix(c.Image, "-cpu") {
+				t.Errorf("%s image %s: want the -cpu variant without a GPU", comp, c.Image)
+			}
+			// The other model component keeps its GPU.
+			other := modelComponents[1-slices.Index(modelComponents, comp)]
+			if oc := r.deployment(t, other).Spec.Template.Spec.Containers[0]; oc.Resources.Limits["nvidia.com/gpu"] != "1" || !strings.HasSuffix(oc.Image, "-gpu") {
+				t.Errorf("%s.gpu.enabled=false took %s off the GPU: limits %v, image %s", comp, other, oc.Resources.Limits, oc.Image)
+			}
+		})
+	}
+	t.Run("generate-disabled", func(t *testing.T) {
+		r := render(t, helm, "--set", "generate.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+		for _, m := range r.all {
+			if m.Metadata.Labels["app.kubernetes.io/component"] == "generate" {
+				t.Errorf("generate.enabled=false still renders %s %s", m.Kind, m.Metadata.Name)
+			}
 		}
-		if !strings.HasSuffix(c.Image, "-cpu") {
-			t.Errorf("understand image %s: want the -cpu variant without a GPU", c.Image)
+		r.deployment(t, "understand")
+	})
+	t.Run("generate-image-follows-understand", func(t *testing.T) {
+		// The generate pods run the understand image: its repository and tag, unless
+		// generate.image names another.
+		r := render(t, helm, "--set", "understand.image.repository=my-understand", "--set", "understand.image.tag=1.2.3-gpu")
+		if u, g := r.deployment(t, "understand").Spec.Template.Spec.Containers[0].Image, r.deployment(t, "generate").Spec.Template.Spec.Containers[0].Image; u != g || u != "my-understand:1.2.3-gpu" {
+			t.Errorf("understand image %s, generate image %s: want both my-understand:1.2.3-gpu", u, g)
+		}
+		r = render(t, helm, "--set", "generate.image.repository=my-generate", "--set", "generate.image.tag=4.5.6")
+		if g := r.deployment(t, "generate").Spec.Template.Spec.Containers[0].Image; g != "my-generate:4.5.6" {
+			t.Errorf("generate image %s, want my-generate:4.5.6 (generate.image)", g)
 		}
 	})
 
@@ -116,13 +155,16 @@ func TestHelmChart(t *testing.T) {
 			"WARNING: the allow-list still holds the placeholder",
 			"kubectl -n pacs port-forward service/pacsflow-notify 8082:8082", "kubectl -n pacs get secret pacsflow-notify-auth",
 			"NOT for clinical use",
+			"kubectl -n pacs port-forward service/pacsflow-generate 8083:8083", "http://127.0.0.1:8083/v1/augmentations",
+			"http://pacsflow-generate.pacs.svc:8083/v1/augmentations", "never clinical images",
 		} {
 			if !strings.Contains(notes, want) {
 				t.Errorf("NOTES.txt does not say %q:\n%s", want, notes)
 			}
 		}
 		notes = renderNotes(t, helm, "-f", allOptionsFile)
-		for _, want := range []string{"{.nodePort}", "https://worklist.hospital.example/", "DICOM TLS"} {
+		for _, want := range []string{"{.nodePort}", "https://worklist.hospital.example/", "DICOM TLS",
+			"service/pacsflow-generate 8083:9083", "policy nodule=synthesize:4"} {
 			if !strings.Contains(notes, want) {
 				t.Errorf("NOTES.txt with every option does not say %q:\n%s", want, notes)
 			}
@@ -136,6 +178,10 @@ func TestHelmChart(t *testing.T) {
 		{"ingest.allow=null", "ingest.allow is empty"},
 		{"ingest.tls.enabled=true", "ingest.tls.enabled needs ingest.tls.secretName"},
 		{"understand.model.source=pvc", "needs understand.model.pvc.claimName"},
+		{"generate.model.source=pvc", "needs generate.model.pvc.claimName"},
+		{"generate.model.source=hostPath", "needs generate.model.hostPath.path"},
+		{"generate.syntheticUIDRoot=1.2.03", "/generate/syntheticUIDRoot"},
+		{"generate.batchWait=5", "/generate/batchWait"},
 		{"ingest.service.type=ClusterIP", "/ingest/service/type"},
 	} {
 		out, err := run(helm, "template", release, chartDir, "--set", tc.set)
@@ -169,7 +215,7 @@ func checkRender(t *testing.T, r *rendered, v *values, flags map[string]map[stri
 			t.Fatalf("%s: %d containers, want 1", comp.name, len(pod.Containers))
 		}
 		c := pod.Containers[0]
-		if want := []string{binaryPath, comp.name}; !slices.Equal(c.Command, want) {
+		if want := append([]string{binaryPath}, comp.cmd...); !slices.Equal(c.Command, want) {
 			t.Errorf("%s: command %q, want %q", comp.name, c.Command, want)
 		}
 		checkSecurity(t, comp.name, pod, c)
@@ -179,7 +225,7 @@ func checkRender(t *testing.T, r *rendered, v *values, flags map[string]map[stri
 		for _, a := range c.Args {
 			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 			if !strings.HasPrefix(a, "--") || !flags[comp.name][name] {
-				t.Errorf("%s: argument %q is not a flag of pacsflow %s", comp.name, a, comp.name)
+				t.Errorf("%s: argument %q is not a flag of pacsflow %s", comp.name, a, strings.Join(comp.cmd, " "))
 			}
 		}
 		for _, e := range r.environment(t, c) {
@@ -187,7 +233,7 @@ func checkRender(t *testing.T, r *rendered, v *values, flags map[string]map[stri
 				continue // the user's, e.g. a secret a webhook rule's password_env names
 			}
 			if f, ok := strings.CutPrefix(e, "PACSFLOW_"); ok && !flags[comp.name][strings.ToLower(strings.ReplaceAll(f, "_", "-"))] {
-				t.Errorf("%s: environment variable %s names no flag of pacsflow %s", comp.name, e, comp.name)
+				t.Errorf("%s: environment variable %s names no flag of pacsflow %s", comp.name, e, strings.Join(comp.cmd, " "))
 			}
 		}
 
@@ -228,12 +274,8 @@ func checkRender(t *testing.T, r *rendered, v *values, flags map[string]map[stri
 		if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != fmt.Sprint(comp.http) || a["prometheus.io/path"] != "/metrics" {
 			t.Errorf("%s: pod annotations %v, want prometheus.io/scrape, port %d, path /metrics", comp.name, a, comp.http)
 		}
-		httpSvc := release + "-" + comp.name + "-http"
-		if comp.name == "notify" {
-			httpSvc = release + "-notify"
-		}
-		if s := r.service(t, httpSvc); !subset(s.Spec.Selector, podLabels) || s.port("http").TargetPort != "http" {
-			t.Errorf("%s: Service %s does not reach the pods' http port: selector %v, ports %+v", comp.name, httpSvc, s.Spec.Selector, s.Spec.Ports)
+		if s := r.service(t, comp.service); !subset(s.Spec.Selector, podLabels) || s.port("http").TargetPort != "http" {
+			t.Errorf("%s: Service %s does not reach the pods' http port: selector %v, ports %+v", comp.name, comp.service, s.Spec.Selector, s.Spec.Ports)
 		}
 
 		// A disruption budget for every Deployment.
@@ -261,6 +303,7 @@ func checkRender(t *testing.T, r *rendered, v *values, flags map[string]map[stri
 	checkIngest(t, r, v)
 	checkUnderstand(t, r, v)
 	checkNotify(t, r, v)
+	checkGenerate(t, r, v)
 	checkServiceMonitor(t, r, v)
 }
 
@@ -365,7 +408,7 @@ func checkCommandLine(t *testing.T, r *rendered, comp string, pod podSpec, c con
 		}
 		env = append(env, e.Name+"="+reroot(v))
 	}
-	args := []string{c.Command[1]}
+	args := slices.Clone(c.Command[1:]) // the pacsflow command: ingest, ..., generate serve
 	for _, a := range c.Args {
 		if strings.HasPrefix(a, "--nats-url=") {
 			a = "--nats-url=" + noNATS
@@ -506,27 +549,8 @@ func checkIngest(t *testing.T, r *rendered, v *values) {
 
 func checkUnderstand(t *testing.T, r *rendered, v *values) {
 	d := r.deployment(t, "understand")
-	pod := d.Spec.Template.Spec
-	c := pod.Containers[0]
-	for _, rl := range []struct {
-		kind string
-		m    map[string]string
-	}{{"limits", c.Resources.Limits}, {"requests", c.Resources.Requests}} {
-		if rl.m["nvidia.com/gpu"] != "1" {
-			t.Errorf("understand: resources.%s[nvidia.com/gpu] %q, want 1", rl.kind, rl.m["nvidia.com/gpu"])
-		}
-	}
-	if pod.NodeSelector["nvidia.com/gpu.present"] != "true" {
-		t.Errorf("understand: nodeSelector %v, want nvidia.com/gpu.present=true", pod.NodeSelector)
-	}
-	if !slices.ContainsFunc(pod.Tolerations, func(tl toleration) bool {
-		return tl.Key == "nvidia.com/gpu" && tl.Operator == "Exists" && tl.Effect == "NoSchedule"
-	}) {
-		t.Errorf("understand: tolerations %+v, want nvidia.com/gpu Exists NoSchedule", pod.Tolerations)
-	}
-	if !strings.HasSuffix(c.Image, "-gpu") {
-		t.Errorf("understand: image %s, want the -gpu variant on GPU nodes", c.Image)
-	}
+	c := d.Spec.Template.Spec.Containers[0]
+	checkModelComponent(t, "understand", d, &v.Understand.modelValues)
 	for flag, want := range map[string]string{
 		"batch-size": fmt.Sprint(v.Understand.Batch.Size), "batch-wait": v.Understand.Batch.Wait,
 		"studies": fmt.Sprint(v.Understand.Studies),
@@ -535,24 +559,116 @@ func checkUnderstand(t *testing.T, r *rendered, v *values) {
 			t.Errorf("understand: --%s %q, want [%s]", flag, got, want)
 		}
 	}
+}
+
+func checkGenerate(t *testing.T, r *rendered, v *values) {
+	d := r.deployment(t, "generate")
+	c := d.Spec.Template.Spec.Containers[0]
+	checkModelComponent(t, "generate", d, &v.Generate.modelValues)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != v.Generate.Replicas {
+		t.Errorf("generate: replicas %v, want %d", d.Spec.Replicas, v.Generate.Replicas)
+	}
+	// The understand image: TensorFlow and the model.
+	if u := r.deployment(t, "understand").Spec.Template.Spec.Containers[0].Image; c.Image != u {
+		t.Errorf("generate: image %s, want the understand image %s", c.Image, u)
+	}
+	flags := map[string]string{
+		"generate-batch-size": fmt.Sprint(v.Generate.BatchSize), "generate-batch-wait": v.Generate.BatchWait,
+		"generate-requests": fmt.Sprint(v.Generate.Requests), "generate-max-deliver": fmt.Sprint(v.Generate.MaxDeliver),
+		"generate-policy": v.Generate.Policy, "synthetic-uid-root": v.Generate.SyntheticUIDRoot,
+	}
+	for flag, want := range flags {
+		got := argValues(c.Args, flag)
+		if want == "" {
+			if len(got) > 0 {
+				t.Errorf("generate: --%s %q, want none (its value is empty)", flag, got)
+			}
+		} else if !slices.Equal(got, []string{want}) {
+			t.Errorf("generate: --%s %q, want [%s]", flag, got, want)
+		}
+	}
+	// Its HTTP port for a RIS or a script: a ClusterIP Service, in no Ingress.
+	s := r.service(t, release+"-generate")
+	if s.Spec.Type != "ClusterIP" || s.port("http").Port != v.Generate.Service.Port {
+		t.Errorf("generate Service: type %s, port http %d, want ClusterIP, %d", s.Spec.Type, s.port("http").Port, v.Generate.Service.Port)
+	}
+	for _, ing := range r.kind("Ingress") {
+		b, err := yaml.Marshal(&ing.Spec)
+		if err != nil || strings.Contains(string(b), release+"-generate") {
+			t.Errorf("Ingress %s routes to the generate Service (its endpoints take no credential): %v\n%s", ing.Metadata.Name, err, b)
+		}
+	}
+}
+
+// checkModelComponent checks a Deployment that runs the model (understand, generate) with
+// gpu.enabled: one GPU requested and limited, the GPU node selector and tolerations with the
+// component's own, the -gpu image, the startup probe's allowance, and the model's directory
+// from the image or a volume.
+func checkModelComponent(t *testing.T, comp string, d *deployment, v *modelValues) {
+	pod := d.Spec.Template.Spec
+	c := pod.Containers[0]
+	for _, rl := range []struct {
+		kind string
+		m    map[string]string
+	}{{"limits", c.Resources.Limits}, {"requests", c.Resources.Requests}} {
+		if rl.m["nvidia.com/gpu"] != "1" {
+			t.Errorf("%s: resources.%s[nvidia.com/gpu] %q, want 1", comp, rl.kind, rl.m["nvidia.com/gpu"])
+		}
+	}
+	if pod.NodeSelector["nvidia.com/gpu.present"] != "true" {
+		t.Errorf("%s: nodeSelector %v, want nvidia.com/gpu.present=true", comp, pod.NodeSelector)
+	}
+	for _, sel := range []map[string]string{v.GPU.NodeSelector, v.NodeSelector} {
+		if len(sel) > 0 && !subset(sel, pod.NodeSelector) {
+			t.Errorf("%s: nodeSelector %v, want %v in it", comp, pod.NodeSelector, sel)
+		}
+	}
+	if !slices.ContainsFunc(pod.Tolerations, func(tl toleration) bool {
+		return tl.Key == "nvidia.com/gpu" && tl.Operator == "Exists" && tl.Effect == "NoSchedule"
+	}) {
+		t.Errorf("%s: tolerations %+v, want nvidia.com/gpu Exists NoSchedule", comp, pod.Tolerations)
+	}
+	for _, tl := range append(slices.Clone(v.GPU.Tolerations), v.Tolerations...) {
+		if !slices.Contains(pod.Tolerations, tl) {
+			t.Errorf("%s: tolerations %+v, want %+v among them", comp, pod.Tolerations, tl)
+		}
+	}
+	if !strings.HasSuffix(c.Image, "-gpu") {
+		t.Errorf("%s: image %s, want the -gpu variant on GPU nodes", comp, c.Image)
+	}
+	if c.StartupProbe == nil || c.StartupProbe.FailureThreshold != v.StartupFailureThreshold {
+		t.Errorf("%s: startup probe %v, want failureThreshold %d (the model's load)", comp, c.StartupProbe, v.StartupFailureThreshold)
+	}
+	if got := argValues(c.Args, "gpu-memory-growth"); !slices.Equal(got, []string{"true"}) {
+		t.Errorf("%s: --gpu-memory-growth %q, want [true]", comp, got)
+	}
 	model := argValues(c.Args, "model")
-	switch v.Understand.Model.Source {
+	switch v.Model.Source {
 	case "image":
 		if !slices.Equal(model, []string{"/opt/pacsflow/model"}) {
-			t.Errorf("understand: --model %q, want [/opt/pacsflow/model] (the model baked in the image)", model)
+			t.Errorf("%s: --model %q, want [/opt/pacsflow/model] (the model baked in the image)", comp, model)
 		}
-	case "pvc":
-		want := path.Join("/models", v.Understand.Model.SubPath)
+		if c.mount("/models") != nil {
+			t.Errorf("%s: a model volume at /models with model.source image", comp)
+		}
+	case "pvc", "hostPath":
+		want := path.Join("/models", v.Model.SubPath)
 		if !slices.Equal(model, []string{want}) {
-			t.Errorf("understand: --model %q, want [%s]", model, want)
+			t.Errorf("%s: --model %q, want [%s]", comp, model, want)
 		}
 		m := c.mount("/models")
 		if m == nil || !m.ReadOnly {
-			t.Fatalf("understand: the model volume is not mounted read-only at /models: %+v", c.VolumeMounts)
+			t.Fatalf("%s: the model volume is not mounted read-only at /models: %+v", comp, c.VolumeMounts)
 		}
-		if vol := pod.volume(m.Name); vol == nil || vol.PersistentVolumeClaim == nil || vol.PersistentVolumeClaim.ClaimName != v.Understand.Model.PVC.ClaimName {
-			t.Errorf("understand: volume %s is not the claim %s: %+v", m.Name, v.Understand.Model.PVC.ClaimName, vol)
+		vol := pod.volume(m.Name)
+		switch {
+		case v.Model.Source == "pvc" && (vol == nil || vol.PersistentVolumeClaim == nil || vol.PersistentVolumeClaim.ClaimName != v.Model.PVC.ClaimName):
+			t.Errorf("%s: volume %s is not the claim %s: %+v", comp, m.Name, v.Model.PVC.ClaimName, vol)
+		case v.Model.Source == "hostPath" && (vol == nil || vol.HostPath == nil || vol.HostPath.Path != v.Model.HostPath.Path):
+			t.Errorf("%s: volume %s is not the host path %s: %+v", comp, m.Name, v.Model.HostPath.Path, vol)
 		}
+	default:
+		t.Errorf("%s: model.source %q", comp, v.Model.Source)
 	}
 }
 
@@ -726,8 +842,11 @@ func checkServiceMonitor(t *testing.T, r *rendered, v *values) {
 			selected[m.Metadata.Name] = true
 		}
 	}
-	want := map[string]bool{release + "-ingest-http": true, release + "-understand-http": true, release + "-notify": true}
-	if fmt.Sprint(selected) != fmt.Sprint(want) {
+	want := map[string]bool{}
+	for _, comp := range components {
+		want[comp.service] = true
+	}
+	if len(want) != 4 || fmt.Sprint(selected) != fmt.Sprint(want) {
 		t.Errorf("the ServiceMonitor selects the Services %v, want %v", selected, want)
 	}
 }
@@ -893,17 +1012,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// pacsflowFlags are the flags of pacsflow ingest, understand and notify, read from their
-// --help (of the static build: the flags are the same with and without TensorFlow).
+// pacsflowFlags are the flags of each component's command (pacsflow ingest, understand,
+// notify, generate serve), by component, read from its --help (of the static build: the
+// flags are the same with and without TensorFlow).
 func pacsflowFlags(t *testing.T) map[string]map[string]bool {
 	t.Helper()
 	bin := staticBinary(t)
 	flags := map[string]map[string]bool{}
 	re := regexp.MustCompile(`^\s+-([a-z0-9-]+)`)
 	for _, comp := range components {
-		out, err := exec.Command(bin, comp.name, "--help").CombinedOutput()
+		out, err := exec.Command(bin, append(slices.Clone(comp.cmd), "--help")...).CombinedOutput()
 		if err != nil {
-			t.Fatalf("pacsflow %s --help: %v\n%s", comp.name, err, out)
+			t.Fatalf("pacsflow %s --help: %v\n%s", strings.Join(comp.cmd, " "), err, out)
 		}
 		flags[comp.name] = map[string]bool{}
 		sc := bufio.NewScanner(bytes.NewReader(out))
@@ -913,7 +1033,7 @@ func pacsflowFlags(t *testing.T) map[string]map[string]bool {
 			}
 		}
 		if !flags[comp.name]["nats-url"] || !flags[comp.name]["replicas"] {
-			t.Fatalf("pacsflow %s --help lists no --nats-url or --replicas:\n%s", comp.name, out)
+			t.Fatalf("pacsflow %s --help lists no --nats-url or --replicas:\n%s", strings.Join(comp.cmd, " "), out)
 		}
 	}
 	return flags
@@ -1195,6 +1315,9 @@ type volume struct {
 	PersistentVolumeClaim *struct {
 		ClaimName string `yaml:"claimName"`
 	} `yaml:"persistentVolumeClaim"`
+	HostPath *struct {
+		Path string `yaml:"path"`
+	} `yaml:"hostPath"`
 }
 
 type keyToPath struct {
@@ -1261,6 +1384,7 @@ type probe struct {
 		Path string `yaml:"path"`
 		Port any    `yaml:"port"`
 	} `yaml:"httpGet"`
+	FailureThreshold int `yaml:"failureThreshold"`
 }
 
 func (p *probe) String() string {
@@ -1382,20 +1506,28 @@ type values struct {
 		} `yaml:"tls"`
 	} `yaml:"ingest"`
 	Understand struct {
-		ExtraEnv []envName `yaml:"extraEnv"`
-		Model    struct {
-			Source string `yaml:"source"`
-			PVC    struct {
-				ClaimName string `yaml:"claimName"`
-			} `yaml:"pvc"`
-			SubPath string `yaml:"subPath"`
-		} `yaml:"model"`
-		Batch struct {
+		modelValues `yaml:",inline"`
+		ExtraEnv    []envName `yaml:"extraEnv"`
+		Batch       struct {
 			Size int    `yaml:"size"`
 			Wait string `yaml:"wait"`
 		} `yaml:"batch"`
 		Studies int `yaml:"studies"`
 	} `yaml:"understand"`
+	Generate struct {
+		modelValues      `yaml:",inline"`
+		ExtraEnv         []envName `yaml:"extraEnv"`
+		Replicas         int       `yaml:"replicas"`
+		BatchSize        int       `yaml:"batchSize"`
+		BatchWait        string    `yaml:"batchWait"`
+		Requests         int       `yaml:"requests"`
+		MaxDeliver       int       `yaml:"maxDeliver"`
+		Policy           string    `yaml:"policy"`
+		SyntheticUIDRoot string    `yaml:"syntheticUIDRoot"`
+		Service          struct {
+			Port int `yaml:"port"`
+		} `yaml:"service"`
+	} `yaml:"generate"`
 	Notify struct {
 		ExtraEnv []envName `yaml:"extraEnv"`
 		Auth     struct {
@@ -1426,9 +1558,31 @@ type envName struct {
 	Name string `yaml:"name"`
 }
 
+// modelValues are the values understand and generate share: the model, the GPU, where the
+// pods go and how long the model may take to load.
+type modelValues struct {
+	Model struct {
+		Source string `yaml:"source"`
+		PVC    struct {
+			ClaimName string `yaml:"claimName"`
+		} `yaml:"pvc"`
+		HostPath struct {
+			Path string `yaml:"path"`
+		} `yaml:"hostPath"`
+		SubPath string `yaml:"subPath"`
+	} `yaml:"model"`
+	GPU struct {
+		NodeSelector map[string]string `yaml:"nodeSelector"`
+		Tolerations  []toleration      `yaml:"tolerations"`
+	} `yaml:"gpu"`
+	NodeSelector            map[string]string `yaml:"nodeSelector"`
+	Tolerations             []toleration      `yaml:"tolerations"`
+	StartupFailureThreshold int               `yaml:"startupFailureThreshold"`
+}
+
 // extraEnv are the names of a component's extraEnv.
 func (v *values) extraEnv(component string) []string {
-	env := map[string][]envName{"ingest": v.Ingest.ExtraEnv, "understand": v.Understand.ExtraEnv, "notify": v.Notify.ExtraEnv}[component]
+	env := map[string][]envName{"ingest": v.Ingest.ExtraEnv, "understand": v.Understand.ExtraEnv, "notify": v.Notify.ExtraEnv, "generate": v.Generate.ExtraEnv}[component]
 	var names []string
 	for _, e := range env {
 		names = append(names, e.Name)

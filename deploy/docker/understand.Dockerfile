@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# The understand service's image: `pacsflow understand`, the model, on TensorFlow.
+# The understand service's image: `pacsflow understand`, the model, on TensorFlow. The generate
+# service (`pacsflow generate serve`, synthetic images) runs in it too: the chart gives it this
+# image with that command.
 #
 # pacsflow is linked against TensorFlow's C library from a TensorFlow wheel, exactly as the
 # local build does it (scripts/build.sh: need_go, need_tensorflow, go build with the
@@ -75,7 +77,7 @@ RUN if [ "$TF_VARIANT" = gpu ]; then \
 ENV TF_CPP_MIN_LOG_LEVEL=1 HOME=/tmp
 WORKDIR /opt/pacsflow
 USER 65532:65532
-# HTTP: /metrics, /healthz, /readyz (with --http-addr).
-EXPOSE 8081
+# HTTP: /metrics, /healthz, /readyz (with --http-addr): understand 8081, generate 8083.
+EXPOSE 8081 8083
 ENTRYPOINT ["/usr/local/bin/pacsflow"]
 CMD ["understand", "--help"]

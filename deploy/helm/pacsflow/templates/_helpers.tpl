@@ -45,9 +45,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" $repo (default .tag .image.tag) }}
 {{- end }}
 
-{{/* The understand image's default tag: <appVersion>-gpu or -cpu. */}}
-{{- define "pacsflow.understandTag" -}}
-{{- printf "%s-%s" (include "pacsflow.appVersion" .) (ternary "gpu" "cpu" .Values.understand.gpu.enabled) }}
+{{/* The understand image's default tag, for understand and generate: <appVersion>-gpu or
+-cpu; call with (dict "ctx" $ "gpu" true). */}}
+{{- define "pacsflow.modelImageTag" -}}
+{{- printf "%s-%s" (include "pacsflow.appVersion" .ctx) (ternary "gpu" "cpu" .gpu) }}
+{{- end }}
+
+{{/* The generate image: the understand image (repository, and tag when set) unless
+generate.image says otherwise. */}}
+{{- define "pacsflow.generateImage" -}}
+{{- $u := .Values.understand.image }}
+{{- $g := .Values.generate.image }}
+{{- $img := dict "repository" (default $u.repository $g.repository) "tag" (default $u.tag $g.tag) }}
+{{- include "pacsflow.image" (dict "ctx" . "image" $img "tag" (include "pacsflow.modelImageTag" (dict "ctx" . "gpu" .Values.generate.gpu.enabled))) }}
 {{- end }}
 
 {{/* Flags every service takes: NATS, the JetStream replicas, the store, the logs. */}}
@@ -177,6 +187,14 @@ readinessProbe:
 {{- end }}
 {{- if and (eq .Values.understand.model.source "hostPath") (not .Values.understand.model.hostPath.path) }}
 {{- fail "understand.model.source hostPath needs understand.model.hostPath.path" }}
+{{- end }}
+{{- end }}
+{{- if .Values.generate.enabled }}
+{{- if and (eq .Values.generate.model.source "pvc") (not .Values.generate.model.pvc.claimName) }}
+{{- fail "generate.model.source pvc needs generate.model.pvc.claimName" }}
+{{- end }}
+{{- if and (eq .Values.generate.model.source "hostPath") (not .Values.generate.model.hostPath.path) }}
+{{- fail "generate.model.source hostPath needs generate.model.hostPath.path" }}
 {{- end }}
 {{- end }}
 {{- if .Values.notify.enabled }}
