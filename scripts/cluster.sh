@@ -145,9 +145,11 @@ launch() {
 # wait_line NAME REGEX SECONDS: wait until the process's log has a line matching REGEX
 # since its last start; fail with the log's end if it exits or the time runs out.
 wait_line() {
-  local name=$1 re=$2 secs=$3 k
+  local name=$1 re=$2 secs=$3 k since
   for ((k = 0; k < secs * 10; k++)); do
-    if sed -n '/^== .* starting: /h; /^== .* starting: /!H; ${x;p}' "$dir/$name.log" | grep -qE "$re"; then
+    # Not a pipe into grep -q: with pipefail, awk killed by SIGPIPE would read as no match.
+    since=$(awk '/^== .* starting: /{since = ""; next} {since = since $0 "\n"} END {printf "%s", since}' "$dir/$name.log")
+    if grep -qE "$re" <<<"$since"; then
       return 0
     fi
     if [ -z "$(pid_of "$name")" ]; then
@@ -218,7 +220,10 @@ for node in sys.argv[1:]:
 if len(metas) > 1:
     ok = False
     lines.append(f"the nodes name different meta leaders: {sorted(metas)}")
-print("\n".join(lines))
+try:
+    print("\n".join(lines))
+except BrokenPipeError:  # status piped into head
+    pass
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -374,7 +379,9 @@ case $cmd in
     ;;
   start)
     [[ " ${NAMES[*]} " == *" $name "* ]] || usage
-    [ -x "$PACSFLOW_BIN" ] && [ -x "$NATS_BIN" ] || die "no binaries: scripts/cluster.sh up first"
+    if [ ! -x "$PACSFLOW_BIN" ] || [ ! -x "$NATS_BIN" ]; then
+      die "no binaries: scripts/cluster.sh up first"
+    fi
     start_one "$name"
     echo "started $name (pid $(pid_of "$name"))"
     ;;
