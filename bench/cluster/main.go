@@ -1,14 +1,14 @@
 // Command cluster is bench/cluster.sh's helper on a running pipeline (the
 // local cluster of scripts/cluster.sh, or anything else on JetStream):
 //
-//	cluster triage --truth DIR/truth.json --since-ns NS [--nats-url U] [--timeout D] [--label L]
+//	cluster triage --truth DIR/truth.json --since-ns NS [--resume CONSUMER] [--stall D] [--timeout D] [--label L] [--nats-url U]
 //
 // waits until every study of a `pacsflow synth` ground truth has its
 // ai.triage event (for the latest generation of its study event), reading
 // the events stream from --since-ns (Unix nanoseconds: when the script
 // started sending) on and then following it, and prints
 //
-//	RESULT test=understand label=… studies=… images=… triages=… send_to_triage_s=… received_to_triage_s=…
+//	RESULT test=understand label=… studies=… stuck=… images=… triages=… send_to_triage_s=… received_to_triage_s=…
 //	       studies_per_s=… images_per_s=… window_studies_per_s=… window_images_per_s=… first_received_s=… last_received_s=…
 //
 // Times are the stream's own timestamps of the events (the NATS servers
@@ -17,14 +17,17 @@
 // sending, the study quiet period and the analysis; received_to_triage_s
 // from the first of these studies' pacs.study.received to the last
 // triage: the analysis, as the study events come in. studies_per_s and
-// images_per_s are over the first, window_… over the second. first_received_s and last_received_s are
-// the study events' times after --since-ns.
+// images_per_s are over the first, window_… over the second.
+// first_received_s and last_received_s are the study events' times after
+// --since-ns. triages counts every triage event of the studies (one each
+// unless a study was reported again).
 //
 // With --resume CONSUMER (paused before sending with `cluster pause`), it
-// resumes that consumer once every study's event is in the stream, so that
-// the understand processes start together on the whole backlog, and adds
+// ends that consumer's pause once every study's event is in the stream, so
+// that the understand processes start together on the whole backlog, and
+// adds
 //
-//	RESULT test=backlog label=… studies=… images=… resume_to_first_triage_s=… first_to_last_triage_s=…
+//	RESULT test=backlog label=… studies=… stuck=… images=… resume_to_first_triage_s=… first_to_last_triage_s=…
 //	       backlog_studies_per_s=… backlog_images_per_s=…
 //
 // where the rates are those of the backlog's analysis at full speed: the
@@ -32,19 +35,17 @@
 // its triage to the last; resume_to_first_triage_s is from the end of the
 // pause (this machine's clock, as the stream's) to the first triage.
 //
+// A study that has no study event --stall (30 s) after the last study event
+// of these studies came is stuck in ingest's study assembler (it would be
+// reported only at ingest's --max-wait, 10 minutes): it prints a STUCK line
+// naming them and counts the others only (stuck=… on the RESULT lines; with
+// --resume, the pause then ends with those), or fails if that leaves fewer
+// than half.
+//
 //	cluster pause --consumer understand [--stream PACSFLOW] [--nats-url U]
 //
 // pauses a durable consumer for 10 minutes (its processes keep running and
 // get nothing until it is resumed).
-//
-// A study that has no study event --stall (30 s) after the last study event
-// of these studies came is stuck in ingest's study assembler (it would be
-// reported only at --max-wait, 10 minutes): it prints a STUCK line naming
-// them and fails, rather than wait for the timeout.
-//
-//	cluster drain --consumer understand [--stream PACSFLOW] [--timeout 2m] [--nats-url U]
-//
-// waits until the consumer has nothing pending and nothing unacknowledged.
 //
 //	cluster drop-consumer --stream PACSFLOW --consumer understand [--nats-url U]
 //
@@ -55,13 +56,14 @@
 //	cluster lag --label L [--stream PACSFLOW] [--nats-url U]
 //
 // samples every second, until SIGTERM or SIGINT, how many events each
-// durable consumer of the stream has not yet been delivered (NumPending)
-// and has been delivered but not acknowledged (NumAckPending), then prints
-// the largest of each per consumer and
+// durable consumer of the stream has not handled yet: not yet delivered
+// (NumPending) plus delivered and not acknowledged (NumAckPending; the
+// study assembler pulls ahead, so its backlog shows there). It prints the
+// largest of each per consumer and
 //
-//	RESULT test=lag label=… max_pending=… consumer=… end_pending=…
+//	RESULT test=lag label=… max_lag=… consumer=… end_lag=…
 //
-// with the consumer that lagged most and the largest pending at the last
+// with the consumer that lagged most and the largest lag at the last
 // sample. Only durable consumers count: bench/load's own max_pending also
 // sees the ordered consumer with which it reads the instance events back
 // after each run, whose pending is that run's instance count.
@@ -107,9 +109,9 @@ func parseOptions(args []string) (*options, error) {
 		o.cmd = args[0]
 	}
 	switch o.cmd {
-	case "triage", "drop-consumer", "pause", "drain", "lag":
+	case "triage", "drop-consumer", "pause", "lag":
 	default:
-		return nil, errors.New("usage: cluster triage|drop-consumer|pause|drain|lag [flags] (see bench/cluster/main.go)")
+		return nil, errors.New("usage: cluster triage|drop-consumer|pause|lag [flags] (see bench/cluster/main.go)")
 	}
 	fs := flag.NewFlagSet("cluster "+o.cmd, flag.ContinueOnError)
 	fs.StringVar(&o.natsURL, "nats-url", nats.DefaultURL, "NATS server(s) of the pipeline, comma-separated")
@@ -118,13 +120,12 @@ func parseOptions(args []string) (*options, error) {
 		fs.StringVar(&o.truth, "truth", "", "truth.json that pacsflow synth wrote with the studies sent (required)")
 		fs.Int64Var(&o.since, "since-ns", 0, "when sending started, Unix nanoseconds (required)")
 		fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "longest wait for every study's triage")
-		fs.DurationVar(&o.stall, "stall", 30*time.Second, "give up (STUCK) when studies still lack their study event this long after the last one came")
+		fs.DurationVar(&o.stall, "stall", 30*time.Second, "leave out (STUCK) the studies that still lack their study event this long after the last one came")
 		fs.StringVar(&o.label, "label", "-", "a label for the RESULT line")
 		fs.StringVar(&o.resume, "resume", "", "resume this (paused) consumer of --stream once every study's event is stored")
 		fs.StringVar(&o.stream, "stream", events.StreamConfig{}.StreamName(), "stream of the --resume consumer")
-	case "drop-consumer", "pause", "drain":
+	case "drop-consumer", "pause":
 		fs.StringVar(&o.stream, "stream", events.StreamConfig{}.StreamName(), "stream of the consumer")
-		fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "drain: longest wait")
 		fs.StringVar(&o.consumer, "consumer", "", "the durable consumer (required)")
 	case "lag":
 		fs.StringVar(&o.stream, "stream", events.StreamConfig{}.StreamName(), "stream whose durable consumers are sampled")
@@ -140,7 +141,7 @@ func parseOptions(args []string) (*options, error) {
 	if o.cmd == "triage" && (o.truth == "" || o.since <= 0) {
 		return nil, errors.New("triage needs --truth and --since-ns")
 	}
-	if (o.cmd == "drop-consumer" || o.cmd == "pause" || o.cmd == "drain") && o.consumer == "" {
+	if (o.cmd == "drop-consumer" || o.cmd == "pause") && o.consumer == "" {
 		return nil, fmt.Errorf("%s needs --consumer", o.cmd)
 	}
 	return o, nil
@@ -177,38 +178,10 @@ func run(ctx context.Context, o *options) error {
 		fmt.Printf("consumer %s of %s paused\n", o.consumer, o.stream)
 		return nil
 	}
-	if o.cmd == "drain" {
-		return drain(ctx, o, js)
-	}
 	if o.cmd == "lag" {
 		return sampleLag(ctx, o, js)
 	}
 	return waitTriage(ctx, o, js)
-}
-
-// drain waits until the consumer has nothing pending or unacknowledged.
-func drain(ctx context.Context, o *options, js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	for {
-		c, err := js.Consumer(ctx, o.stream, o.consumer)
-		if err != nil {
-			return fmt.Errorf("consumer %s of %s: %w", o.consumer, o.stream, err)
-		}
-		info, err := c.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumPending == 0 && info.NumAckPending == 0 {
-			fmt.Printf("consumer %s of %s: drained\n", o.consumer, o.stream)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("consumer %s of %s: %d pending, %d unacknowledged after %v", o.consumer, o.stream, info.NumPending, info.NumAckPending, o.timeout)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 // sampleLag samples the durable consumers' lag until ctx ends, then prints it.
@@ -219,9 +192,11 @@ func sampleLag(ctx context.Context, o *options, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", o.stream, err)
 	}
-	pending, ackPending := map[string]uint64{}, map[string]int{}
+	// Per consumer, the most seen of: not delivered, delivered and not
+	// acknowledged, and both together (its lag: events it has not handled).
+	pending, ackPending, lag := map[string]uint64{}, map[string]uint64{}, map[string]uint64{}
 	var names []string
-	sample := func() (total uint64, err error) {
+	sample := func() (most uint64, err error) {
 		sctx, cancel := context.WithTimeout(bg, 5*time.Second)
 		defer cancel()
 		lister := stream.ListConsumers(sctx)
@@ -229,14 +204,16 @@ func sampleLag(ctx context.Context, o *options, js jetstream.JetStream) error {
 			if ci.Config.Durable == "" {
 				continue // ephemeral: a reader such as bench/load's, not the pipeline
 			}
-			if _, ok := pending[ci.Name]; !ok {
+			if _, ok := lag[ci.Name]; !ok {
 				names = append(names, ci.Name)
 			}
+			l := ci.NumPending + uint64(ci.NumAckPending)
 			pending[ci.Name] = max(pending[ci.Name], ci.NumPending)
-			ackPending[ci.Name] = max(ackPending[ci.Name], ci.NumAckPending)
-			total = max(total, ci.NumPending)
+			ackPending[ci.Name] = max(ackPending[ci.Name], uint64(ci.NumAckPending))
+			lag[ci.Name] = max(lag[ci.Name], l)
+			most = max(most, l)
 		}
-		return total, lister.Err()
+		return most, lister.Err()
 	}
 	if _, err := sample(); err != nil {
 		return err
@@ -258,12 +235,13 @@ func sampleLag(ctx context.Context, o *options, js jetstream.JetStream) error {
 	}
 	most, worst := uint64(0), "-"
 	for _, n := range names {
-		fmt.Printf("lag %s: consumer %s: at most %d events not delivered, %d not acknowledged\n", o.label, n, pending[n], ackPending[n])
-		if pending[n] > most || worst == "-" {
-			most, worst = pending[n], n
+		fmt.Printf("lag %s: consumer %s: at most %d events not handled (%d not delivered, %d not acknowledged)\n",
+			o.label, n, lag[n], pending[n], ackPending[n])
+		if lag[n] > most || worst == "-" {
+			most, worst = lag[n], n
 		}
 	}
-	fmt.Printf("RESULT test=lag label=%s max_pending=%d consumer=%s end_pending=%d\n", o.label, most, worst, end)
+	fmt.Printf("RESULT test=lag label=%s max_lag=%d consumer=%s end_lag=%d\n", o.label, most, worst, end)
 	return nil
 }
 
@@ -282,15 +260,119 @@ var (
 	errTimeout    = errors.New("--timeout passed")
 )
 
-// stuckError names the studies that got no study event.
-type stuckError struct {
-	stuck []string
-	of    int
-	after time.Duration
+// waiter follows the studies of one run; mu guards everything.
+type waiter struct {
+	o         *options
+	js        jetstream.JetStream
+	mu        sync.Mutex
+	studies   map[string]*study // those still counted
+	stuck     []string          // those without a study event after --stall
+	all       int
+	lastEvent time.Time // when the last study event of ours came (this clock)
+	resumed   time.Time // when the pause of --resume ended
 }
 
-func (e *stuckError) Error() string {
-	return fmt.Sprintf("%d of %d studies without a study event (stuck)", len(e.stuck), e.of)
+// advance ends the pause once every counted study has its study event, and
+// reports whether every counted study has its triage. Called with mu held.
+func (w *waiter) advance(ctx context.Context) (bool, error) {
+	received, triaged := true, true
+	for _, s := range w.studies {
+		received = received && s.generation > 0
+		triaged = triaged && s.generation > 0 && s.triaged >= s.generation
+	}
+	if w.o.resume != "" && w.resumed.IsZero() && received {
+		// Not ResumeConsumer: nats-server (2.15) then hands out nothing
+		// until a new message or pull request comes, seconds later; a
+		// pause that ends wakes the consumer when its timer fires.
+		at := time.Now().Add(300 * time.Millisecond)
+		if _, err := w.js.PauseConsumer(ctx, w.o.stream, w.o.resume, at); err != nil {
+			return false, fmt.Errorf("end the pause of consumer %s of %s: %w", w.o.resume, w.o.stream, err)
+		}
+		w.resumed = at
+	}
+	return triaged, nil
+}
+
+// event takes in one stored event.
+func (w *waiter) event(ctx context.Context, m *events.Stored) error {
+	e, err := m.Event()
+	if err != nil {
+		return nil // not an event of ours
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.studies[e.Subject]
+	if s == nil {
+		return nil
+	}
+	var d struct {
+		Generation int `json:"generation"`
+	}
+	if err := json.Unmarshal(e.Data, &d); err != nil {
+		return fmt.Errorf("%s of %s: %w", e.Type, e.Subject, err)
+	}
+	if strings.HasPrefix(m.Subject, events.SubjectAITriage+".") {
+		s.triageCount++
+		if d.Generation >= s.triaged {
+			s.triaged, s.triageTime = d.Generation, m.Time
+		}
+	} else {
+		if s.received.IsZero() {
+			s.received = m.Time
+		}
+		s.generation = max(s.generation, d.Generation)
+		w.lastEvent = time.Now()
+	}
+	done, err := w.advance(ctx)
+	if err != nil {
+		return err
+	}
+	if done {
+		return errAllTriaged
+	}
+	return nil
+}
+
+// watch gives up on the studies without a study event --stall after the
+// last study event came, once, and counts the others only.
+func (w *waiter) watch(ctx context.Context, stop context.CancelCauseFunc) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		w.mu.Lock()
+		if time.Since(w.lastEvent) >= w.o.stall {
+			for uid, s := range w.studies {
+				if s.generation == 0 {
+					w.stuck = append(w.stuck, uid)
+					delete(w.studies, uid)
+				}
+			}
+		}
+		if len(w.stuck) == 0 {
+			w.mu.Unlock()
+			continue
+		}
+		sort.Strings(w.stuck)
+		fmt.Printf("STUCK: %d of %d studies have no study event %v after the last one came (ingest's study assembler did not report them); counting the %d others: %s\n",
+			len(w.stuck), w.all, w.o.stall, len(w.studies), strings.Join(w.stuck, " "))
+		var err error
+		done := false
+		if len(w.studies)*2 < w.all {
+			err = fmt.Errorf("%d of %d studies without a study event: too many to count the others", len(w.stuck), w.all)
+		} else if done, err = w.advance(ctx); done {
+			err = errAllTriaged
+		}
+		w.mu.Unlock()
+		if err != nil {
+			stop(err)
+		}
+		return
+	}
 }
 
 func waitTriage(ctx context.Context, o *options, js jetstream.JetStream) error {
@@ -302,8 +384,7 @@ func waitTriage(ctx context.Context, o *options, js jetstream.JetStream) error {
 	if err := json.Unmarshal(b, &truth); err != nil {
 		return fmt.Errorf("%s: %w", o.truth, err)
 	}
-	studies := make(map[string]*study, len(truth.Studies))
-	images := 0
+	w := &waiter{o: o, js: js, studies: make(map[string]*study, len(truth.Studies)), all: len(truth.Studies), lastEvent: time.Now()}
 	for _, s := range truth.Studies {
 		n := 0
 		for _, f := range s.Files {
@@ -311,147 +392,49 @@ func waitTriage(ctx context.Context, o *options, js jetstream.JetStream) error {
 				n++
 			}
 		}
-		studies[s.StudyInstanceUID] = &study{images: n}
-		images += n
+		w.studies[s.StudyInstanceUID] = &study{images: n}
 	}
-	if len(studies) == 0 {
+	if w.all == 0 {
 		return fmt.Errorf("%s lists no studies", o.truth)
 	}
 	since := time.Unix(0, o.since)
 	wctx, cancel := context.WithTimeoutCause(ctx, o.timeout, errTimeout)
 	defer cancel()
-	sctx, stalled := context.WithCancelCause(wctx)
-	defer stalled(nil)
-	// The watchdog: the studies were all sent before this started, so their
-	// study events come within the quiet period and some processing; a
-	// study still without one after --stall without any study event of
-	// ours is stuck in ingest's study assembler.
-	var mu sync.Mutex // guards the studies and lastEvent
-	lastEvent := time.Now()
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-sctx.Done():
-				return
-			case <-tick.C:
-			}
-			mu.Lock()
-			var stuck []string
-			if time.Since(lastEvent) >= o.stall {
-				for uid, s := range studies {
-					if s.generation == 0 {
-						stuck = append(stuck, uid)
-					}
-				}
-			}
-			mu.Unlock()
-			if len(stuck) > 0 {
-				sort.Strings(stuck)
-				stalled(&stuckError{stuck: stuck, of: len(studies), after: o.stall})
-				return
-			}
-		}
-	}()
-	var resumed time.Time
-	allReceived := func() bool {
-		for _, s := range studies {
-			if s.generation == 0 {
-				return false
-			}
-		}
-		return true
-	}
-	done := func() bool {
-		for _, s := range studies {
-			if s.generation == 0 || s.triaged < s.generation {
-				return false
-			}
-		}
-		return true
-	}
+	sctx, stop := context.WithCancelCause(wctx)
+	defer stop(nil)
+	go w.watch(sctx, stop)
 	err = events.ReplayFrom(sctx, js, events.ReplayConfig{
 		FilterSubjects: []string{events.SubjectStudyReceived + ".>", events.SubjectStudyUpdated + ".>", events.SubjectAITriage + ".>"},
-		// A second early: the margin costs only events skipped below.
+		// A second early: the margin costs only events skipped.
 		StartTime: since.Add(-time.Second),
 		Follow:    true,
-	}, func(m *events.Stored) error {
-		e, err := m.Event()
-		if err != nil {
-			return nil // not an event of ours
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		s := studies[e.Subject]
-		if s == nil {
-			return nil
-		}
-		var d struct {
-			Generation int `json:"generation"`
-		}
-		if err := json.Unmarshal(e.Data, &d); err != nil {
-			return fmt.Errorf("%s of %s: %w", e.Type, e.Subject, err)
-		}
-		switch {
-		case strings.HasPrefix(m.Subject, events.SubjectAITriage+"."):
-			s.triageCount++
-			if d.Generation >= s.triaged {
-				s.triaged, s.triageTime = d.Generation, m.Time
-			}
-		default:
-			if s.received.IsZero() {
-				s.received = m.Time
-			}
-			lastEvent = time.Now()
-			s.generation = max(s.generation, d.Generation)
-			if o.resume != "" && resumed.IsZero() && allReceived() {
-				// Not ResumeConsumer: nats-server (2.15) then hands out
-				// nothing until a new message or pull request comes,
-				// seconds later; a pause that ends wakes the consumer
-				// when its timer fires.
-				resumed = time.Now().Add(300 * time.Millisecond)
-				if _, err := js.PauseConsumer(sctx, o.stream, o.resume, resumed); err != nil {
-					return fmt.Errorf("resume consumer %s of %s: %w", o.resume, o.stream, err)
-				}
-			}
-		}
-		if done() {
-			return errAllTriaged
-		}
-		return nil
-	})
+	}, func(m *events.Stored) error { return w.event(sctx, m) })
+	if cause := context.Cause(sctx); !errors.Is(err, errAllTriaged) && cause != nil {
+		err = cause // the watchdog's (errAllTriaged too) or the timeout's
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !errors.Is(err, errAllTriaged) {
-		if o.resume != "" && resumed.IsZero() {
+		if o.resume != "" && w.resumed.IsZero() {
 			// Leave the cluster working: end the pause.
 			if _, perr := js.PauseConsumer(context.WithoutCancel(ctx), o.stream, o.resume, time.Now()); perr != nil {
 				fmt.Fprintf(os.Stderr, "cluster triage: ending the pause of %s: %v\n", o.resume, perr)
 			}
 		}
-		var se *stuckError
-		if cause := context.Cause(sctx); errors.As(cause, &se) {
-			fmt.Printf("STUCK: %d of %d studies have no study event %v after the last one came (ingest's study assembler did not report them): %s\n",
-				len(se.stuck), se.of, se.after, strings.Join(se.stuck, " "))
-			return se
-		}
-		missing := 0
-		mu.Lock()
-		for _, s := range studies {
-			if s.generation == 0 || s.triaged < s.generation {
-				missing++
+		if err == nil || errors.Is(err, errTimeout) {
+			missing := 0
+			for _, s := range w.studies {
+				if s.generation == 0 || s.triaged < s.generation {
+					missing++
+				}
 			}
-		}
-		mu.Unlock()
-		if err == nil || errors.Is(context.Cause(sctx), errTimeout) {
-			return fmt.Errorf("%d of %d studies without a triage after %v", missing, len(studies), o.timeout)
+			return fmt.Errorf("%d of %d studies without a triage after %v", missing, w.all, o.timeout)
 		}
 		return err
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	var firstRecv, lastRecv, firstTriage, lastTriage time.Time
-	triages, firstImages := 0, 0
-	for _, s := range studies {
+	triages, images, firstImages := 0, 0, 0
+	for _, s := range w.studies {
 		if firstTriage.IsZero() || s.triageTime.Before(firstTriage) {
 			firstTriage, firstImages = s.triageTime, s.images
 		}
@@ -465,21 +448,22 @@ func waitTriage(ctx context.Context, o *options, js jetstream.JetStream) error {
 			lastTriage = s.triageTime
 		}
 		triages += s.triageCount
+		images += s.images
 	}
 	e2e := lastTriage.Sub(since).Seconds()
 	window := lastTriage.Sub(firstRecv).Seconds()
-	n := float64(len(studies))
-	fmt.Printf("RESULT test=understand label=%s studies=%d images=%d triages=%d send_to_triage_s=%.2f received_to_triage_s=%.2f "+
+	n := float64(len(w.studies))
+	fmt.Printf("RESULT test=understand label=%s studies=%d stuck=%d images=%d triages=%d send_to_triage_s=%.2f received_to_triage_s=%.2f "+
 		"studies_per_s=%.2f images_per_s=%.1f window_studies_per_s=%.2f window_images_per_s=%.1f first_received_s=%.2f last_received_s=%.2f\n",
-		o.label, len(studies), images, triages, e2e, window, n/e2e, float64(images)/e2e, n/window, float64(images)/window,
+		o.label, len(w.studies), len(w.stuck), images, triages, e2e, window, n/e2e, float64(images)/e2e, n/window, float64(images)/window,
 		firstRecv.Sub(since).Seconds(), lastRecv.Sub(since).Seconds())
-	if !resumed.IsZero() {
+	if !w.resumed.IsZero() {
 		b := lastTriage.Sub(firstTriage).Seconds()
 		if b <= 0 {
 			return errors.New("the backlog's triages all have one time: too few studies for a rate")
 		}
-		fmt.Printf("RESULT test=backlog label=%s studies=%d images=%d resume_to_first_triage_s=%.2f first_to_last_triage_s=%.2f backlog_studies_per_s=%.2f backlog_images_per_s=%.1f\n",
-			o.label, len(studies), images, firstTriage.Sub(resumed).Seconds(), b, (n-1)/b, float64(images-firstImages)/b)
+		fmt.Printf("RESULT test=backlog label=%s studies=%d stuck=%d images=%d resume_to_first_triage_s=%.2f first_to_last_triage_s=%.2f backlog_studies_per_s=%.2f backlog_images_per_s=%.1f\n",
+			o.label, len(w.studies), len(w.stuck), images, firstTriage.Sub(w.resumed).Seconds(), b, (n-1)/b, float64(images-firstImages)/b)
 	}
 	return nil
 }
