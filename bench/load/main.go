@@ -203,8 +203,11 @@ func associate(ctx context.Context, o *options, addr string, deadline time.Time)
 	return r
 }
 
-// sampleLag returns the largest number of events any consumer of the
-// stream had not been delivered, sampled every second until ctx ends.
+// sampleLag returns the largest number of events any durable consumer of
+// the stream (the pipeline's: study assembler, understand, notify,
+// analytics) had not been delivered, sampled every second until ctx ends.
+// Ephemeral consumers, such as a nats CLI reading the stream, are not the
+// pipeline's lag.
 func sampleLag(ctx context.Context, stream jetstream.Stream) uint64 {
 	var most uint64
 	tick := time.NewTicker(time.Second)
@@ -212,7 +215,9 @@ func sampleLag(ctx context.Context, stream jetstream.Stream) uint64 {
 	for {
 		lister := stream.ListConsumers(ctx)
 		for ci := range lister.Info() {
-			most = max(most, ci.NumPending)
+			if ci.Config.Durable != "" {
+				most = max(most, ci.NumPending)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -236,34 +241,30 @@ func missingEvents(ctx context.Context, js jetstream.JetStream, firstSeq uint64,
 		return 0, fmt.Errorf("read the instance events: %w", err)
 	}
 	// Events are published before Success is answered: they are all in the
-	// stream by now, and reading up to its current end finds them.
+	// stream by now, and reading up to its current end finds them. One
+	// iterator reads them all: an ordered consumer fetched again and again
+	// is recreated between fetches, which a cluster answers with "no
+	// responders" while the new consumer's leader is not yet known.
 	info, err := cons.Info(ctx)
 	if err != nil {
 		return 0, err
 	}
-	remaining := info.NumPending
-	for remaining > 0 && len(want) > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
+	it, err := cons.Messages()
+	if err != nil {
+		return 0, fmt.Errorf("read the instance events: %w", err)
+	}
+	defer it.Stop()
+	for remaining := info.NumPending; remaining > 0 && len(want) > 0; remaining-- {
+		m, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("read the instance events (%d left): %w", remaining, err)
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			var d struct {
-				SOPInstanceUID string `json:"sop_instance_uid"`
-			}
-			if json.Unmarshal(m.Data(), &d) == nil {
-				delete(want, d.SOPInstanceUID)
-			}
+		var d struct {
+			SOPInstanceUID string `json:"sop_instance_uid"`
 		}
-		if err := batch.Error(); err != nil {
-			return 0, err
+		if json.Unmarshal(m.Data(), &d) == nil {
+			delete(want, d.SOPInstanceUID)
 		}
-		if got == 0 {
-			break
-		}
-		remaining -= uint64(got)
 	}
 	return len(want), nil
 }

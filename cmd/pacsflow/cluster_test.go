@@ -1,5 +1,3 @@
-//go:build clustertest
-
 package main_test
 
 // Fault tests on a local cluster like the one scripts/cluster.sh runs:
@@ -9,14 +7,6 @@ package main_test
 // object store. Nodes and services are killed with SIGKILL while they
 // work; what a sender was told is safe must be, and every study must get
 // one result set.
-//
-// Behind the build tag clustertest (go test -tags tensorflow,clustertest
-// -run TestCluster ./cmd/pacsflow/) until two ingest fixes land: a C-STORE
-// whose object-store chunk acknowledgement is lost when a stream leader
-// dies waits forever (the JetStream context has no async publish timeout),
-// and the end of an association is recorded once, so a leader election then
-// delays the study report to --max-wait. The node-loss test fails most runs
-// without them.
 
 import (
 	"bytes"
@@ -733,17 +723,24 @@ func (c *natsCluster) moveLeader(t *testing.T, js jetstream.JetStream, stream st
 	})
 }
 
-// clusterStore opens ingest's object store on the cluster. It names the
-// bucket's replicas: objstore.New brings an existing bucket in line with
-// its configuration, so openStore's default (1) would scale the R3 bucket
-// down to one replica, which the next node loss then takes away.
+// clusterStore opens ingest's object store on the cluster as a reader
+// does, naming no replicas, and checks that the bucket stays R3: opening
+// it must not bring it down to one replica, which the next node loss
+// would then take away.
 func clusterStore(t *testing.T, js jetstream.JetStream) storage.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), eventTimeout)
 	defer cancel()
-	s, err := objstore.New(ctx, js, objstore.Config{Bucket: "pacsflow-instances", Replicas: 3})
+	s, err := objstore.New(ctx, js, objstore.Config{Bucket: "pacsflow-instances"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "OBJ_pacsflow-instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.CachedInfo().Config.Replicas; r != 3 {
+		t.Fatalf("the instances bucket has %d replicas after a reader opened it, want 3", r)
 	}
 	return s
 }
@@ -951,10 +948,11 @@ func testClusterIngestKillLoop(t *testing.T, bin, natsBin string, rng *rand.Rand
 var understandLine = regexp.MustCompile(`(?m)^understand: results on `)
 
 // startClusterUnderstand starts `pacsflow understand` on the cluster with
-// the reference model and an R3 bucket, and returns once it consumes.
+// the reference model, and returns once it consumes. It names no
+// --replicas: its bucket takes the event stream's three.
 func startClusterUnderstand(t *testing.T, bin string, c *natsCluster, extra ...string) *process {
 	t.Helper()
-	args := append([]string{"understand", "--nats-url", c.allURLs(), "--replicas", "3", "--http-addr", "",
+	args := append([]string{"understand", "--nats-url", c.allURLs(), "--http-addr", "",
 		"--model", referenceModel(t), "--batch-size", "8",
 		"--ack-wait", "3s"}, // the studies of a killed process come back after 3 s
 		extra...)
@@ -964,40 +962,22 @@ func startClusterUnderstand(t *testing.T, bin string, c *natsCluster, extra ...s
 	return p
 }
 
-// setupTimeoutRE matches how a pacsflow service fails its start when a
-// JetStream API request of its setup (creating or updating a stream, a
-// bucket) went unanswered for the 30 s it allows.
-var setupTimeoutRE = regexp.MustCompile(`(?m)^pacsflow \w+: .*context deadline exceeded$`)
-
 // startService runs `pacsflow ARGS...` and returns once its output matches
-// ready. A start that failed because a JetStream API request of its setup
-// went unanswered (seen now and then right after a cluster starts, with
-// nats-server 2.15.2) is logged and tried again, twice at most: such a
-// process is restarted by whatever supervises it, and these tests are
-// about what happens after it runs.
+// ready.
 func startService(t *testing.T, bin string, args []string, ready *regexp.Regexp) *process {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		p := start(t, bin, args...)
-		deadline := time.Now().Add(waitTimeout)
-		for !ready.MatchString(p.stdout.String()) {
-			if exited(p) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("pacsflow %s did not start within %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), waitTimeout, p.stdout.String(), p.stderr.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+	p := start(t, bin, args...)
+	deadline := time.Now().Add(waitTimeout)
+	for !ready.MatchString(p.stdout.String()) {
+		if exited(p) {
+			t.Fatalf("pacsflow %s exited (%v) before it ran\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.err, p.stdout.String(), p.stderr.String())
 		}
-		if !exited(p) {
-			return p
+		if time.Now().After(deadline) {
+			t.Fatalf("pacsflow %s did not start within %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), waitTimeout, p.stdout.String(), p.stderr.String())
 		}
-		if m := setupTimeoutRE.FindString(p.stderr.String()); m != "" && attempt < 3 {
-			t.Logf("pacsflow %s failed to start (%s); starting it again", args[0], m)
-			continue
-		}
-		t.Fatalf("pacsflow %s exited (%v) before it ran\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.err, p.stdout.String(), p.stderr.String())
+		time.Sleep(10 * time.Millisecond)
 	}
+	return p
 }
 
 // startClusterIngest starts `pacsflow ingest` on the cluster (see
@@ -1122,6 +1102,13 @@ func testClusterUnderstandKill(t *testing.T, bin, natsBin string) {
 		if f, r, tr := len(res.findings[uid]), len(res.reports[uid]), len(res.triages[uid]); f != 1 || r != 1 || tr != 1 || len(ids[uid]) != 3 {
 			t.Errorf("study %s: %d findings, %d report, %d triage events with %d distinct IDs; want one each, 3 IDs", uid, f, r, tr, len(ids[uid]))
 		}
+	}
+	kv, err := js.Stream(ctx, "KV_pacsflow-understand")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := kv.CachedInfo().Config.Replicas; r != 3 {
+		t.Errorf("understand's bucket has %d replicas, want the event stream's 3", r)
 	}
 	t.Logf("killed an understand process mid-batch: %d studies unacknowledged at the kill, %d of %d triaged; all triaged %s after the kill (ack wait 3 s); %d deliveries again",
 		held, triagedAtKill, n, recovery.Round(time.Millisecond), redelivered)

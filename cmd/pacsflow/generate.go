@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -49,6 +50,11 @@ func addGenerateFlags(fs *flag.FlagSet, optional bool) *generateFlags {
 }
 
 // config checks the flags and returns the service's configuration around an open model.
+// generateDescription is the line `up` and `generate serve` print once the
+// service runs.
+var generateDescription = fmt.Sprintf("generate: requests on %s.>, synthetic DICOM images stored and announced on %s.>",
+	events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
+
 func (f *generateFlags) config(m generate.Model, store generate.Store, backend, bucket string, streams events.StreamConfig, replicas int) (generate.Config, error) {
 	rules, err := generate.ParsePolicy(*f.policy)
 	if err != nil {
@@ -85,28 +91,24 @@ func runGenerateServe(ctx context.Context, args []string, stdout, stderr io.Writ
 			"DICOM instance of a synthetic study in the store ingest writes to, and publishes\n"+
 			"ai.augmentation.generated.<task>. Run one per GPU node: the processes share the requests.\n"+
 			"Generated images are synthetic, never clinical: see docs/synthetic-objects.md.", stderr)
-	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
-	st := addStorageFlags(fs)
-	replicas := fs.Int("replicas", 1, "JetStream replicas of the request index bucket (3 on a cluster)")
-	httpAddr := fs.String("http-addr", "127.0.0.1:8083", "HTTP address for the request and preview endpoints, /metrics, /healthz and /readyz; empty disables it")
+	sf := addServiceFlags(fs, "127.0.0.1:8083", "the request and preview endpoints, /metrics, /healthz and /readyz")
 	mf := addModelFlags(fs, false)
 	gf := addGenerateFlags(fs, false)
-	level, format := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := sf.logger(stderr)
 	if err != nil {
 		return err
 	}
 	if _, err := generate.ParsePolicy(*gf.policy); err != nil {
 		return fmt.Errorf("--generate-policy: %w", err)
 	}
-	nc, js, store, bucket, err := connectService(ctx, *natsURL, "pacsflow-generate", st, *replicas, log, stdout)
+	p, err := sf.connect(ctx, "pacsflow-generate", log, stdout)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer p.nc.Close()
 	m, err := mf.open(ctx, stdout)
 	if err != nil {
 		return err
@@ -115,33 +117,18 @@ func runGenerateServe(ctx context.Context, args []string, stdout, stderr io.Writ
 	if !m.Contract().Has(model.SigGenerate) {
 		return fmt.Errorf("--model %s has no %s signature", *mf.model, model.SigGenerate)
 	}
-	cfg, err := gf.config(m, store, *st.backend, bucket, events.StreamConfig{Replicas: *replicas}, *replicas)
+	cfg, err := gf.config(m, p.store, *sf.store.backend, p.bucket, events.StreamConfig{Replicas: p.replicas}, p.replicas)
 	if err != nil {
 		return err
 	}
-	reg := newRegistry()
-	cfg.Logger, cfg.Registerer = log, reg
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	svc, err := generate.New(setup, js, cfg)
+	cfg.Logger, cfg.Registerer = log, p.reg
+	svc, err := startup(ctx, log, "provision generate", func(ctx context.Context) (*generate.Service, error) {
+		return generate.New(ctx, p.js, cfg)
+	})
 	if err != nil {
 		return err
 	}
-	if *httpAddr != "" {
-		hs, err := startHTTP(*httpAddr, reg, nil, log, stdout, svc.Routes)
-		if err != nil {
-			return err
-		}
-		defer shutdownHTTP(hs)
-	}
-	fmt.Fprintf(stdout, "generate: requests on %s.>, synthetic DICOM images stored and announced on %s.>\n",
-		events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
-	err = svc.Run(ctx)
-	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
-		log.Warn("draining the NATS connection", "err", derr)
-	}
-	log.Info("stopped")
-	return err
+	return p.serve(ctx, nil, generateDescription, svc.Run, svc.Routes)
 }
 
 func runGenerateRequest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -262,7 +249,12 @@ func runGenerateFetch(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	store, _, err := st.open(ctx, nc, 1, false)
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	replicas, err := resolveReplicas(ctx, js, 0, log)
+	if err != nil {
+		return err
+	}
+	store, _, err := st.open(ctx, nc, replicas, false, log)
 	if err != nil {
 		return err
 	}

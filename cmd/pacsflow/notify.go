@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -102,7 +99,9 @@ func (f *notifyFlags) describe(cfg notify.Config, httpAddr string) string {
 // newNotify creates the service with the process's logger and registry.
 func newNotify(ctx context.Context, js jetstream.JetStream, cfg notify.Config, log *slog.Logger, reg prometheus.Registerer) (*notify.Service, error) {
 	cfg.Logger, cfg.Registerer = log, reg
-	return notify.New(ctx, js, cfg)
+	return startup(ctx, log, "provision notify", func(ctx context.Context) (*notify.Service, error) {
+		return notify.New(ctx, js, cfg)
+	})
 }
 
 func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -115,51 +114,31 @@ func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			"processes may run: they share the work and each serves the whole worklist. Beyond\n"+
 			"loopback the page and API need a credential (--auth-token or --auth-users). Storage flags\n"+
 			"must name the store ingest writes to (for the previews).", stderr)
-	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
-	st := addStorageFlags(fs)
-	replicas := fs.Int("replicas", 1, "JetStream replicas of the worklist buckets (3 on a cluster)")
-	httpAddr := fs.String("http-addr", "127.0.0.1:8082", "HTTP address of the worklist page, its API, /metrics, /healthz and /readyz; empty disables it")
+	sf := addServiceFlags(fs, "127.0.0.1:8082", "the worklist page, its API, /metrics, /healthz and /readyz")
 	nf := addNotifyFlags(fs, false)
-	level, format := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := sf.logger(stderr)
 	if err != nil {
 		return err
 	}
 	// Refuse a bad configuration before connecting.
-	if _, err := nf.config(nil, events.StreamConfig{}, *replicas, *httpAddr); err != nil {
+	if _, err := nf.config(nil, events.StreamConfig{}, 1, *sf.httpAddr); err != nil {
 		return err
 	}
-	nc, js, store, _, err := connectService(ctx, *natsURL, "pacsflow-notify", st, *replicas, log, stdout)
+	p, err := sf.connect(ctx, "pacsflow-notify", log, stdout)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cfg, err := nf.config(store, events.StreamConfig{Replicas: *replicas}, *replicas, *httpAddr)
+	defer p.nc.Close()
+	cfg, err := nf.config(p.store, events.StreamConfig{Replicas: p.replicas}, p.replicas, p.httpAddr)
 	if err != nil {
 		return err
 	}
-	reg := newRegistry()
-	svc, err := newNotify(setup, js, cfg, log, reg)
+	svc, err := newNotify(ctx, p.js, cfg, log, p.reg)
 	if err != nil {
 		return err
 	}
-	if *httpAddr != "" {
-		hs, err := startHTTP(*httpAddr, reg, svc.Ready, log, stdout, func(mux *http.ServeMux) { svc.Routes(mux) })
-		if err != nil {
-			return err
-		}
-		defer shutdownHTTP(hs)
-	}
-	fmt.Fprintln(stdout, nf.describe(cfg, *httpAddr))
-	err = svc.Run(ctx)
-	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
-		log.Warn("draining the NATS connection", "err", derr)
-	}
-	log.Info("stopped")
-	return err
+	return p.serve(ctx, svc.Ready, nf.describe(cfg, p.httpAddr), svc.Run, svc.Routes)
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pacsflow/pacsflow/pkg/batch"
@@ -143,53 +142,35 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 			"ai.report.draft and ai.triage; it answers ai.ask requests (pacsflow ask). Run one per GPU\n"+
 			"node: the processes share the work (one durable consumer) and the questions. Storage\n"+
 			"flags must name the store ingest writes to. Results are machine-generated, never reviewed.", stderr)
-	natsURL := fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
-	st := addStorageFlags(fs)
-	replicas := fs.Int("replicas", 1, "JetStream replicas of the analyses bucket (3 on a cluster)")
+	sf := addServiceFlags(fs, "127.0.0.1:8081", "/metrics and /healthz")
 	maxAge := fs.Duration("events-max-age", 0, "keep each study's analysis this long (as the events stream keeps events: give ingest's --events-max-age); 0 keeps them")
-	httpAddr := fs.String("http-addr", "127.0.0.1:8081", "HTTP address for /metrics and /healthz; empty disables it")
 	uf := addUnderstandFlags(fs, false)
-	level, format := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := sf.logger(stderr)
 	if err != nil {
 		return err
 	}
 	if _, err := uf.policy(); err != nil {
 		return err
 	}
-	nc, js, store, _, err := connectService(ctx, *natsURL, "pacsflow-understand", st, *replicas, log, stdout)
+	p, err := sf.connect(ctx, "pacsflow-understand", log, stdout)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	reg := newRegistry()
-	streams := events.StreamConfig{Replicas: *replicas, MaxAge: *maxAge}
-	m, cfg, err := uf.open(ctx, store, streams, *replicas, reg, log, stdout)
+	defer p.nc.Close()
+	streams := events.StreamConfig{Replicas: p.replicas, MaxAge: *maxAge}
+	m, cfg, err := uf.open(ctx, p.store, streams, p.replicas, p.reg, log, stdout)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	svc, err := understand.New(setup, js, cfg)
+	svc, err := startup(ctx, log, "provision understand", func(ctx context.Context) (*understand.Service, error) {
+		return understand.New(ctx, p.js, cfg)
+	})
 	if err != nil {
 		return err
 	}
-	if *httpAddr != "" {
-		hs, err := startHTTP(*httpAddr, reg, nil, log, stdout)
-		if err != nil {
-			return err
-		}
-		defer shutdownHTTP(hs)
-	}
-	fmt.Fprintln(stdout, uf.describe())
-	err = svc.Run(ctx)
-	if derr := nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
-		log.Warn("draining the NATS connection", "err", derr)
-	}
-	log.Info("stopped")
-	return err
+	return p.serve(ctx, nil, uf.describe(), svc.Run)
 }

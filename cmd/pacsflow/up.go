@@ -84,7 +84,7 @@ func addPipelineFlags(fs *flag.FlagSet, embedded bool) *pipelineFlags {
 		f.natsURL = fs.String("nats-url", nats.DefaultURL, "NATS server with JetStream (comma-separated URLs for a cluster)")
 	}
 	f.httpAddr = fs.String("http-addr", "127.0.0.1:8080", "HTTP address for /metrics, /healthz and /readyz; empty disables it")
-	f.replicas = fs.Int("replicas", 1, "JetStream replicas of the stream, buckets and object store (3 on a cluster)")
+	f.replicas = addReplicasFlag(fs)
 	f.strict = fs.Bool("strict-durability", false, "fsync before every Success: each file and folder (fs storage), and every JetStream write (embedded server)")
 	f.quiet = fs.Duration("quiet-period", 2*time.Second, "a study is received when its associations ended and nothing came for this long")
 	f.maxWait = fs.Duration("max-wait", 10*time.Minute, "report a study this long after its first instance even if an association is still open")
@@ -191,21 +191,28 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	} else {
 		nc, err = connectNATS(*f.natsURL, "pacsflow-ingest", log)
 		if err == nil {
-			fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
+			fmt.Fprintf(stdout, "NATS at %s\n", *f.natsURL)
 		}
 	}
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-
-	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
-	defer cancelSetup()
-	store, bucket, err := f.store.open(setup, nc, *f.replicas, *f.strict)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	replicas, err := resolveReplicas(ctx, js, *f.replicas, log)
+	if err != nil {
+		return err
+	}
+	store, bucket, err := f.store.open(ctx, nc, replicas, *f.strict, log)
 	if err != nil {
 		return err
 	}
 	reg := newRegistry()
+	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelSetup()
 	stopTelemetry, err := telemetry.Setup(setup, telemetry.Config{ServiceName: "pacsflow", OTLPEndpoint: *f.otlp, SampleRatio: *f.sampleRatio, Registerer: reg})
 	if err != nil {
 		return err
@@ -222,17 +229,19 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		dir := filepath.Join(data, "jetstream")
 		space = func(context.Context) (storage.Space, error) { return fsstore.DiskSpace(dir) }
 	}
-	streams := events.StreamConfig{Replicas: *f.replicas, MaxAge: *f.streamMaxAge}
-	svc, err := ingest.New(setup, ingest.Config{
-		Space:   space,
-		Backend: *f.store.backend, Bucket: bucket,
-		Stream:      streams,
-		KVReplicas:  *f.replicas,
-		QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
-		MinFreeBytes: *f.minFree, MinFreeRatio: *f.minFreeRatio, MaxInstanceBytes: *f.maxInstance,
-		SyntheticAEs: splitList(*f.syntheticAEs),
-		Logger:       log, Registerer: reg,
-	}, nc, store)
+	streams := events.StreamConfig{Replicas: replicas, MaxAge: *f.streamMaxAge}
+	svc, err := startup(ctx, log, "provision ingest", func(ctx context.Context) (*ingest.Service, error) {
+		return ingest.New(ctx, ingest.Config{
+			Space:   space,
+			Backend: *f.store.backend, Bucket: bucket,
+			Stream:      streams,
+			KVReplicas:  replicas,
+			QuietPeriod: *f.quiet, MaxWait: *f.maxWait,
+			MinFreeBytes: *f.minFree, MinFreeRatio: *f.minFreeRatio, MaxInstanceBytes: *f.maxInstance,
+			SyntheticAEs: splitList(*f.syntheticAEs),
+			Logger:       log, Registerer: reg,
+		}, nc, store)
+	})
 	if err != nil {
 		return err
 	}
@@ -252,17 +261,11 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	defer wg.Wait()
 	svcCtx, stopSvc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSvc()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	run := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := fn(svcCtx); err != nil && svcCtx.Err() == nil {
-				log.Error(name+" stopped", "err", err)
-			}
+			supervise(svcCtx, log, name, fn)
 		}()
 	}
 	run("study assembler", svc.Run)
@@ -274,21 +277,25 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	})
 	var gsvc *generate.Service
 	if f.understand != nil && f.understand.enabled() {
-		m, ucfg, err := f.understand.open(setup, store, streams, *f.replicas, reg, log, stdout)
+		m, ucfg, err := f.understand.open(ctx, store, streams, replicas, reg, log, stdout)
 		if err != nil {
 			return err
 		}
-		usvc, err := understand.New(setup, js, ucfg)
+		usvc, err := startup(ctx, log, "provision understand", func(ctx context.Context) (*understand.Service, error) {
+			return understand.New(ctx, js, ucfg)
+		})
 		if err != nil {
 			m.Close()
 			return err
 		}
 		services := []func(context.Context) error{usvc.Run}
 		if f.generate.wanted(m) {
-			gcfg, err := f.generate.config(m, store, *f.store.backend, bucket, streams, *f.replicas)
+			gcfg, err := f.generate.config(m, store, *f.store.backend, bucket, streams, replicas)
 			if err == nil {
 				gcfg.Logger, gcfg.Registerer = log, reg
-				if gsvc, err = generate.New(setup, js, gcfg); err == nil {
+				if gsvc, err = startup(ctx, log, "provision generate", func(ctx context.Context) (*generate.Service, error) {
+					return generate.New(ctx, js, gcfg)
+				}); err == nil {
 					services = append(services, gsvc.Run)
 				}
 			}
@@ -314,17 +321,16 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		})
 		fmt.Fprintln(stdout, f.understand.describe())
 		if len(services) > 1 {
-			fmt.Fprintf(stdout, "generate: requests on %s.>, synthetic DICOM images stored and announced on %s.>\n",
-				events.SubjectAugmentationRequested, events.SubjectAugmentationGenerated)
+			fmt.Fprintln(stdout, generateDescription)
 		}
 	}
 	var nsvc *notify.Service
 	if f.notify != nil && f.notify.wanted() {
-		ncfg, err := f.notify.config(store, streams, *f.replicas, *f.httpAddr)
+		ncfg, err := f.notify.config(store, streams, replicas, *f.httpAddr)
 		if err != nil {
 			return err
 		}
-		if nsvc, err = newNotify(setup, js, ncfg, log, reg); err != nil {
+		if nsvc, err = newNotify(ctx, js, ncfg, log, reg); err != nil {
 			return err
 		}
 		run("notify", nsvc.Run)
@@ -393,57 +399,30 @@ func (f *pipelineFlags) analyticsConfig(streams events.StreamConfig, log *slog.L
 	return cfg, nil
 }
 
+// objectAckTimeout bounds the wait for one chunk's acknowledgement: a
+// stream leader elected anew answers within a few seconds.
+const objectAckTimeout = 10 * time.Second
+
 // open opens the store; strict syncs every file and folder of fs storage.
-func (f *storageFlags) open(ctx context.Context, nc *nats.Conn, replicas int, strict bool) (storage.Store, string, error) {
+func (f *storageFlags) open(ctx context.Context, nc *nats.Conn, replicas int, strict bool, log *slog.Logger) (storage.Store, string, error) {
 	switch *f.backend {
 	case "fs":
 		s, err := fsstore.New(fsstore.Config{Root: filepath.Join(*f.data, "instances"), Sync: strict})
 		return s, "", err
 	case "objectstore":
-		js, err := jetstream.New(nc)
+		// A chunk acknowledgement lost with its stream's leader would
+		// otherwise hold the C-STORE until the peer gives up; timed out, the
+		// store reports itself unavailable and the peer gets A700.
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(objectAckTimeout))
 		if err != nil {
 			return nil, "", err
 		}
-		s, err := objstore.New(ctx, js, objstore.Config{Bucket: *f.bucket, Replicas: replicas})
+		s, err := startup(ctx, log, "open bucket "+*f.bucket, func(ctx context.Context) (*objstore.Store, error) {
+			return objstore.New(ctx, js, objstore.Config{Bucket: *f.bucket, Replicas: replicas})
+		})
 		return s, *f.bucket, err
 	}
 	return nil, "", fmt.Errorf("--storage %q: want objectstore or fs", *f.backend)
-}
-
-// connectNATS connects to an external NATS server, reconnecting forever.
-func connectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }))
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
-	}
-	return nc, nil
-}
-
-// connectService connects a service run on its own (pacsflow understand,
-// notify, generate serve) to NATS and to the store ingest writes to, and
-// names the store's bucket (object store); the caller closes the
-// connection.
-func connectService(ctx context.Context, natsURL, name string, st *storageFlags, replicas int, log *slog.Logger, stdout io.Writer) (*nats.Conn, jetstream.JetStream, storage.Store, string, error) {
-	nc, err := connectNATS(natsURL, name, log)
-	if err != nil {
-		return nil, nil, nil, "", err
-	}
-	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, nil, "", err
-	}
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	store, bucket, err := st.open(setup, nc, replicas, false)
-	if err != nil {
-		nc.Close()
-		return nil, nil, nil, "", err
-	}
-	return nc, js, store, bucket, nil
 }
 
 // newRegistry is a Prometheus registry with the Go runtime's and the process's metrics.

@@ -150,6 +150,11 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		pub: events.NewPublisher(js, cfg.Source),
 		log: cfg.Logger.With("service", "generate"),
 	}
+	// JetStream first: a New that fails there leaves nothing behind, so
+	// start-up can call it again.
+	if s.index, err = openIndex(ctx, js, cfg.KVReplicas, cfg.Streams.MaxAge); err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
+	}
 	s.modelKey = c.Key()
 	for _, m := range c.Preprocessing.AcceptedModalities {
 		s.accepted[m] = true
@@ -158,9 +163,6 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		return nil, fmt.Errorf("generate: %w", err)
 	}
 	if s.batcher, err = batch.New(cfg.Batch, cfg.Model.Generate, s.m.observeBatch); err != nil {
-		return nil, fmt.Errorf("generate: %w", err)
-	}
-	if s.index, err = openIndex(ctx, js, cfg.KVReplicas, cfg.Streams.MaxAge); err != nil {
 		return nil, fmt.Errorf("generate: %w", err)
 	}
 	return s, nil

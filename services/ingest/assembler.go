@@ -55,6 +55,10 @@ type assembler struct {
 	mu       sync.Mutex
 	timers   map[string]*time.Timer // header key -> pending evaluation
 	inFlight map[string]bool        // header key -> being evaluated now
+	// changed marks studies whose header changed while they were being
+	// evaluated: the timer that change armed stands, since the evaluation
+	// may have read the header before it.
+	changed map[string]bool
 }
 
 const (
@@ -334,10 +338,7 @@ func (a *assembler) schedule(ctx context.Context, e jetstream.KeyValueEntry) {
 	if !h.dirty() {
 		return
 	}
-	due := h.LastAt.Add(a.quiet)
-	if forced := h.PendingSince.Add(a.maxWait); forced.Before(due) {
-		due = forced
-	}
+	due := a.due(&h)
 	if h.Claim != nil && h.Claim.Replica != a.replica {
 		// Another replica is reporting; look again when its claim would expire.
 		if exp := h.Claim.At.Add(claimTimeout); exp.After(due) {
@@ -345,6 +346,16 @@ func (a *assembler) schedule(ctx context.Context, e jetstream.KeyValueEntry) {
 		}
 	}
 	a.arm(ctx, e.Key(), h.StudyInstanceUID, time.Until(due))
+}
+
+// due is when a dirty study is next to be evaluated: after the quiet
+// period, or at the maximum wait if that comes first.
+func (a *assembler) due(h *studyHeader) time.Time {
+	due := h.LastAt.Add(a.quiet)
+	if forced := h.PendingSince.Add(a.maxWait); forced.Before(due) {
+		due = forced
+	}
+	return due
 }
 
 func (a *assembler) arm(ctx context.Context, key, study string, d time.Duration) {
@@ -356,17 +367,26 @@ func (a *assembler) arm(ctx context.Context, key, study string, d time.Duration)
 	if t, ok := a.timers[key]; ok {
 		t.Stop()
 	}
+	if a.inFlight[key] {
+		if a.changed == nil {
+			a.changed = map[string]bool{}
+		}
+		a.changed[key] = true
+	}
 	a.timers[key] = time.AfterFunc(max(d, 0), func() {
 		if ctx.Err() != nil || !a.begin(key) {
 			return
 		}
 		retryAt, err := a.evaluate(ctx, study)
-		a.end(key)
-		switch {
-		case err != nil && ctx.Err() == nil:
+		changed := a.end(key)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			a.log.Warn("study assembler: report failed; retrying", "study", study, "err", err)
-			a.arm(ctx, key, study, time.Second)
-		case !retryAt.IsZero():
+			retryAt = time.Now().Add(time.Second)
+		}
+		if !changed && !retryAt.IsZero() {
 			a.arm(ctx, key, study, time.Until(retryAt))
 		}
 	})
@@ -390,10 +410,15 @@ func (a *assembler) begin(key string) bool {
 	return true
 }
 
-func (a *assembler) end(key string) {
+// end ends a study's evaluation and tells whether its header changed
+// meanwhile.
+func (a *assembler) end(key string) (changed bool) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	delete(a.inFlight, key)
-	a.mu.Unlock()
+	changed = a.changed[key]
+	delete(a.changed, key)
+	return changed
 }
 
 func (a *assembler) stopTimers() {
@@ -430,6 +455,9 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		trigger = events.TriggerQuietPeriod
 	case now.Sub(h.PendingSince) >= a.maxWait:
 		trigger = events.TriggerMaxWait
+	case now.Sub(h.LastAt) < a.quiet:
+		// Early: a timer reset while another evaluation ran.
+		return a.due(&h), nil
 	default:
 		// Associations still open: their end changes the header and
 		// re-arms the timer; the maximum wait is the backstop.

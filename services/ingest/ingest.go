@@ -127,6 +127,7 @@ func (c Config) withDefaults() Config {
 type Service struct {
 	cfg     Config
 	nc      *nats.Conn
+	stream  jetstream.Stream // the event stream
 	store   storage.Store
 	pub     *events.Publisher
 	reg     *registry
@@ -136,6 +137,9 @@ type Service struct {
 	guard   *guard
 
 	confirms chan confirmation
+	// ended takes the association ends AssociationEnded could not record
+	// to Run's retry loop.
+	ended chan endedAssociation
 
 	mu     sync.Mutex
 	assocs map[string]map[string]int // association ID -> study UID -> events published
@@ -149,7 +153,8 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, store storage.Store) (*
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	if _, err := events.Provision(ctx, js, cfg.Stream); err != nil {
+	stream, err := events.Provision(ctx, js, cfg.Stream)
+	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	studies, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -169,9 +174,10 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, store storage.Store) (*
 	m := newMetrics(cfg.Registerer)
 	pub := events.NewPublisher(js, cfg.Source)
 	s := &Service{
-		cfg: cfg, nc: nc, store: store, pub: pub, metrics: m, log: cfg.Logger,
+		cfg: cfg, nc: nc, stream: stream, store: store, pub: pub, metrics: m, log: cfg.Logger,
 		reg:      &registry{kv: registryKV},
 		confirms: make(chan confirmation, 1024),
+		ended:    make(chan endedAssociation, 256),
 		assocs:   map[string]map[string]int{},
 		asm: &assembler{
 			kv: studies, js: js, pub: pub, stream: cfg.Stream.StreamName(), quiet: cfg.QuietPeriod, maxWait: cfg.MaxWait,
@@ -187,10 +193,14 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, store storage.Store) (*
 func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.confirmLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.retryEnded(ctx)
 	}()
 	err := s.asm.run(ctx)
 	cancel()
@@ -242,11 +252,66 @@ func (s *Service) AssociationEnded(info *dimse.AssociationInfo, err error) {
 	if len(perStudy) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	e := endedAssociation{id: info.ID, perStudy: perStudy}
+	err = s.recordEnded(context.Background(), e)
+	if err == nil {
+		return
+	}
+	select {
+	case s.ended <- e:
+		s.log.Warn("could not record the end of the association; retrying", "assoc", info.ID, "err", err)
+	default:
+		s.log.Warn("could not record the end of the association; its studies are reported after the maximum wait",
+			"assoc", info.ID, "err", err, "max_wait", s.cfg.MaxWait)
+	}
+}
+
+// endedAssociation is what the study assembler learns of an association
+// when it ends: how many instance events it published per study.
+type endedAssociation struct {
+	id       string
+	perStudy map[string]int
+}
+
+func (s *Service) recordEnded(ctx context.Context, e endedAssociation) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := s.asm.associationEnded(ctx, info.ID, perStudy); err != nil {
-		// The study is then reported after the maximum wait instead.
-		s.log.Warn("could not record the end of the association", "assoc", info.ID, "err", err)
+	return s.asm.associationEnded(ctx, e.id, e.perStudy)
+}
+
+// retryEnded records the association ends that failed (the broker was
+// unreachable, a stream leader changed) with backoff, until the maximum
+// wait would report their studies anyway or ctx ends. Recording is
+// idempotent, so a retry of an end that did land changes nothing.
+func (s *Service) retryEnded(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-s.ended:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				giveUp := time.Now().Add(s.cfg.MaxWait)
+				for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
+					sleep(ctx, delay)
+					if ctx.Err() != nil {
+						return
+					}
+					err := s.recordEnded(ctx, e)
+					if err == nil {
+						s.log.Info("recorded the end of the association", "assoc", e.id)
+						return
+					}
+					if time.Now().After(giveUp) {
+						s.log.Warn("gave up recording the end of the association; its studies are reported after the maximum wait", "assoc", e.id, "err", err)
+						return
+					}
+				}
+			}()
+		}
 	}
 }
 
@@ -303,6 +368,15 @@ func (g *guard) probe(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
+	// A connected server is not enough on a cluster: while the event stream
+	// elects a leader, no event can be acknowledged.
+	info, err := g.s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: event stream: %w", errBrokerDown, err)
+	}
+	if info.Cluster != nil && info.Cluster.Leader == "" {
+		return fmt.Errorf("%w: event stream %s has no leader", errBrokerDown, info.Config.Name)
+	}
 	space := g.s.store.Space
 	if g.s.cfg.Space != nil {
 		space = g.s.cfg.Space

@@ -73,6 +73,7 @@ type replicaOpts struct {
 	cfg     Config
 	store   storage.Store
 	connect func() (*nats.Conn, error)
+	now     func() time.Time // the study assembler's clock
 }
 
 func startReplica(t *testing.T, b *broker, o replicaOpts) *replica {
@@ -102,6 +103,9 @@ func startReplica(t *testing.T, b *broker, o replicaOpts) *replica {
 	svc, err := New(ctx, cfg, nc, store)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.now != nil {
+		svc.asm.now = o.now
 	}
 	srv, err := dimse.NewServer(dimse.ServerConfig{AETitle: "PACSFLOW", Store: svc, Access: svc.Authorizer(nil),
 		AssociationEnded: svc.AssociationEnded, Logger: cfg.Logger})
@@ -324,6 +328,53 @@ func TestStudyEndToEnd(t *testing.T) {
 	all := evs.ofType(events.TypeInstanceStored)
 	if v := instanceData(t, all[len(all)-1]); v.SOPInstanceUID != changed.SOPInstanceUID || v.ReplacesSHA256 == "" {
 		t.Fatalf("new version event %+v", v)
+	}
+}
+
+// TestAssociationEndsDuringEvaluation: an association that ends while the
+// study's evaluation (which saw it open) runs gets its study reported after
+// the quiet period, not after the maximum wait. The clock the evaluation
+// reads holds it until the end is recorded and has re-armed the study.
+func TestAssociationEndsDuringEvaluation(t *testing.T) {
+	b := newBroker(t)
+	evs := watchEvents(t, b)
+	evaluating, recorded := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r := startReplica(t, b, replicaOpts{cfg: Config{MaxWait: time.Hour}, now: func() time.Time {
+		once.Do(func() { close(evaluating); <-recorded })
+		return time.Now()
+	}})
+	ins := dicomtest.Study(1, 2, 1000)
+	c, err := dimse.Dial(t.Context(), r.addr, dimse.ClientConfig{CallingAE: "MODALITY", CalledAE: "PACSFLOW"},
+		[]dimse.Proposal{{AbstractSyntax: uid.CTImageStorage, TransferSyntaxes: []string{uid.ExplicitVRLittleEndian}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range ins {
+		res, err := c.Store(t.Context(), dimse.StoreRequest{AffectedSOPClassUID: in.SOPClassUID, AffectedSOPInstanceUID: in.SOPInstanceUID},
+			uid.ExplicitVRLittleEndian, bytes.NewReader(in.DataSet()))
+		if err != nil || res.Status != dimse.StatusSuccess {
+			t.Fatalf("store: %v %v", res.Status, err)
+		}
+	}
+	select {
+	case <-evaluating:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the study was never evaluated")
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	key := headerKey(ins[0].StudyInstanceUID)
+	waitFor(t, "the association's end re-arming the study", func() bool {
+		r.svc.asm.mu.Lock()
+		defer r.svc.asm.mu.Unlock()
+		return r.svc.asm.changed[key]
+	})
+	close(recorded)
+	waitFor(t, "study received", func() bool { return len(evs.ofType(events.TypeStudyReceived)) == 1 })
+	if s := study(t, evs.ofType(events.TypeStudyReceived)[0]); s.Trigger != events.TriggerQuietPeriod || s.NumInstances != 2 {
+		t.Fatalf("study reported by %s with %d instances", s.Trigger, s.NumInstances)
 	}
 }
 

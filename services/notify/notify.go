@@ -121,10 +121,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		return nil, err
 	}
 	s := &Service{cfg: cfg, js: js, done: make(chan struct{}), pub: events.NewPublisher(js, cfg.Source), log: cfg.Logger.With("service", "notify")}
-	if s.m, err = newMetrics(cfg.Registerer); err != nil {
-		return nil, fmt.Errorf("notify: %w", err)
-	}
-	s.view = newView(cfg.MaxAge, cfg.now, s.m)
+	// JetStream first: a New that fails there leaves nothing behind, so
+	// start-up can call it again.
 	buckets := []struct {
 		kv          *jetstream.KeyValue
 		name, about string
@@ -146,6 +144,10 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 			return nil, fmt.Errorf("notify: bucket %s: %w", b.name, err)
 		}
 	}
+	if s.m, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("notify: %w", err)
+	}
+	s.view = newView(cfg.MaxAge, cfg.now, s.m)
 	return s, nil
 }
 

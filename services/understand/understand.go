@@ -171,17 +171,8 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 		pub:      events.NewPublisher(js, cfg.Source),
 		log:      cfg.Logger.With("service", "understand"),
 	}
-	s.modelKey = c.Key()
-	for _, m := range c.Preprocessing.AcceptedModalities {
-		s.accepted[m] = true
-	}
-	if s.m, err = newMetrics(cfg.Registerer); err != nil {
-		return nil, fmt.Errorf("understand: %w", err)
-	}
-	s.batcher, err = batch.New(cfg.Batch, cfg.Model.Understand, s.m.observeBatch)
-	if err != nil {
-		return nil, fmt.Errorf("understand: %w", err)
-	}
+	// JetStream first: a New that fails there leaves nothing behind, so
+	// start-up can call it again.
 	s.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket,
 		Description: "pacsflow understand: the analysis of each study generation, per model",
@@ -194,6 +185,17 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Service, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("understand: bucket %s: %w", cfg.Bucket, err)
+	}
+	s.modelKey = c.Key()
+	for _, m := range c.Preprocessing.AcceptedModalities {
+		s.accepted[m] = true
+	}
+	if s.m, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("understand: %w", err)
+	}
+	s.batcher, err = batch.New(cfg.Batch, cfg.Model.Understand, s.m.observeBatch)
+	if err != nil {
+		return nil, fmt.Errorf("understand: %w", err)
 	}
 	return s, nil
 }

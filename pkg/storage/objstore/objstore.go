@@ -103,7 +103,8 @@ const (
 type Config struct {
 	// Bucket is the object store bucket; default DefaultBucket.
 	Bucket string
-	// Replicas is the bucket's number of replicas; default 1.
+	// Replicas is the bucket's number of replicas; 0 keeps an existing
+	// bucket's (a reader must not shrink an R3 bucket) and gives a new one 1.
 	Replicas int
 	// ChunkSize is the largest chunk an object is cut into; default
 	// DefaultChunkSize. It must stay below the server's maximum payload.
@@ -127,12 +128,23 @@ var _ storage.Store = (*Store)(nil)
 // New creates the bucket, or brings an existing one's configuration in
 // line with cfg (settings cfg does not name go back to the object store's
 // defaults), and returns a Store on it.
+//
+// Give js a publish timeout (jetstream.WithPublishAsyncTimeout): a chunk
+// whose acknowledgement is lost, as when the bucket's stream leader goes
+// down mid-Put, otherwise holds Put until its ctx ends.
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
 		cfg.Bucket = DefaultBucket
 	}
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
+		st, err := js.Stream(ctx, streamName(cfg.Bucket))
+		switch {
+		case err == nil:
+			cfg.Replicas = max(st.CachedInfo().Config.Replicas, 1)
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return nil, fmt.Errorf("objstore: bucket %s: %w", cfg.Bucket, classify(err))
+		}
 	}
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = DefaultChunkSize
