@@ -3,10 +3,10 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"debug/elf"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,7 +20,14 @@ import (
 	"testing"
 	"time"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"go.yaml.in/yaml/v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 )
 
 // The chart, relative to this package's directory (the tests' working directory).
@@ -415,16 +422,61 @@ func checkCommandLine(t *testing.T, r *rendered, comp string, pod podSpec, c con
 		}
 		args = append(args, reroot(a))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, staticBinary(t), args...)
+	// With no NATS to answer, a service that accepted its command line
+	// waits for one (as a pod started before its NATS cluster does) and
+	// says so; it is then stopped.
+	cmd := exec.Command(staticBinary(t), args...)
 	cmd.Env = env
 	cmd.Dir = root
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "connect to NATS") {
-		t.Errorf("%s: pacsflow %s with the chart's arguments, environment and files: %v, want it to get as far as connecting to NATS:\n%s",
-			comp, strings.Join(args, " "), err, out)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	deadline := time.After(30 * time.Second)
+wait:
+	for !strings.Contains(out.String(), "waiting for NATS") {
+		select {
+		case err = <-done:
+			break wait
+		case <-deadline:
+			err = errors.New("neither waiting for NATS nor exited within 30 s")
+			break wait
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err == nil {
+		_ = cmd.Process.Signal(os.Interrupt)
+		err = <-done
+		if err != nil && !strings.Contains(out.String(), "context canceled") {
+			t.Errorf("%s: interrupted while waiting for NATS: %v\n%s", comp, err, out.String())
+		}
+		return
+	}
+	_ = cmd.Process.Kill()
+	t.Errorf("%s: pacsflow %s with the chart's arguments, environment and files: %v, want it to wait for NATS:\n%s",
+		comp, strings.Join(args, " "), err, out.String())
+}
+
+// syncBuffer is a bytes.Buffer a process writes to while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func checkSecurity(t *testing.T, name string, pod podSpec, c container) {
@@ -1071,15 +1123,20 @@ func render(t *testing.T, helm string, args ...string) *rendered {
 	r := &rendered{}
 	dec := yaml.NewDecoder(strings.NewReader(out))
 	for {
-		var m manifest
-		err := dec.Decode(&m)
+		var doc yaml.Node
+		err := dec.Decode(&doc)
 		if err == io.EOF {
 			break
+		}
+		var m manifest
+		if err == nil {
+			err = doc.Decode(&m)
 		}
 		if err != nil {
 			t.Fatalf("helm %s: the output is not YAML: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		if m.Kind != "" {
+			checkSchema(t, &doc, &m)
 			r.all = append(r.all, m)
 		}
 	}
@@ -1123,6 +1180,38 @@ func renderNotes(t *testing.T, helm string, args ...string) string {
 		t.Fatalf("the notes: %v\n%s", err, out)
 	}
 	return cm.Data["notes"]
+}
+
+// kubeDecoder decodes a manifest into the Kubernetes API's Go types (those
+// its OpenAPI schemas are generated from; the Prometheus operator's for
+// the ServiceMonitor), strictly: a field the API does not have, a value of
+// the wrong type or a field given twice is an error. It stands in for a
+// schema validator such as kubeconform, which needs the schemas downloaded.
+// It cannot see what only an API server checks (required fields, ranges,
+// references between objects); the checks of checkRender cover those that
+// matter here.
+var kubeDecoder = func() runtime.Decoder {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{
+		corev1.AddToScheme, appsv1.AddToScheme, networkingv1.AddToScheme, policyv1.AddToScheme, monitoringv1.AddToScheme,
+	} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return serializer.NewCodecFactory(s, serializer.EnableStrict).UniversalDeserializer()
+}()
+
+// checkSchema checks a rendered manifest against its kind's API type.
+func checkSchema(t *testing.T, doc *yaml.Node, m *manifest) {
+	t.Helper()
+	b, err := yaml.Marshal(doc)
+	if err == nil {
+		_, _, err = kubeDecoder.Decode(b, nil, nil)
+	}
+	if err != nil {
+		t.Errorf("%s %s (%s) does not validate against the Kubernetes API: %v", m.Kind, m.Metadata.Name, m.APIVersion, err)
+	}
 }
 
 // The rendered manifests, as much of them as the test reads.

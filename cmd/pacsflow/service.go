@@ -64,11 +64,11 @@ func (f *serviceFlags) logger(stderr io.Writer) (*slog.Logger, error) {
 // waiting for a NATS cluster that is not serving yet; the caller closes
 // the process's connection.
 func (f *serviceFlags) connect(ctx context.Context, name string, log *slog.Logger, stdout io.Writer) (*serviceProcess, error) {
-	nc, err := connectNATS(*f.natsURL, name, log)
+	nc, err := connectNATS(ctx, *f.natsURL, name, log)
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(stdout, "NATS at %s\n", *f.natsURL)
+	fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
 	p := &serviceProcess{log: log, nc: nc, reg: newRegistry(), httpAddr: *f.httpAddr, stdout: stdout}
 	if p.js, err = jetstream.New(nc); err == nil {
 		p.replicas, err = resolveReplicas(ctx, p.js, *f.replicas, log)
@@ -103,15 +103,28 @@ func (p *serviceProcess) serve(ctx context.Context, ready func(context.Context) 
 	return nil
 }
 
-// connectNATS connects to an external NATS server, reconnecting forever,
-// also when none answers yet: start-up then waits in the JetStream calls.
-func connectNATS(url, name string, log *slog.Logger) (*nats.Conn, error) {
+// connectNATS connects a service to an external NATS server, reconnecting
+// forever. When none answers yet (a pod that starts before its NATS
+// cluster) it waits, saying so every 10 s, until one does or ctx ends.
+func connectNATS(ctx context.Context, url, name string, log *slog.Logger) (*nats.Conn, error) {
 	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second), nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
-		nats.ConnectHandler(func(c *nats.Conn) { log.Info("NATS connected", "url", c.ConnectedUrl()) }))
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }))
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for waited := time.Duration(0); !nc.IsConnected(); waited += 100 * time.Millisecond {
+		if waited%(10*time.Second) == 0 {
+			log.Warn("waiting for NATS", "url", url, "waited", waited)
+		}
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("connect to NATS at %s: %w", url, ctx.Err())
+		case <-poll.C:
+		}
 	}
 	return nc, nil
 }

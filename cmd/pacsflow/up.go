@@ -189,9 +189,9 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		}
 		nc, err = ns.Connect(nats.MaxReconnects(-1))
 	} else {
-		nc, err = connectNATS(*f.natsURL, "pacsflow-ingest", log)
+		nc, err = connectNATS(ctx, *f.natsURL, "pacsflow-ingest", log)
 		if err == nil {
-			fmt.Fprintf(stdout, "NATS at %s\n", *f.natsURL)
+			fmt.Fprintf(stdout, "NATS at %s\n", nc.ConnectedUrl())
 		}
 	}
 	if err != nil {
