@@ -36,7 +36,10 @@ import (
 	"github.com/pacsflow/pacsflow/pkg/storage/objstore"
 )
 
-var clusterSeed = flag.Uint64("cluster-seed", 0, "seed of TestCluster's kill points; 0 takes one from the clock")
+var (
+	clusterSeed       = flag.Uint64("cluster-seed", 0, "seed of TestCluster's kill points; 0 takes one from the clock")
+	clusterKillCycles = flag.Int("cluster-kill-cycles", 4, "kill -9 cycles of TestCluster/IngestKillLoop (bench/cluster-kill.sh runs 100)")
+)
 
 // TestCluster runs the fault tests on 3-node clusters (a fresh one each).
 // They are subtests so that pacsflow and nats-server are built once for
@@ -859,14 +862,17 @@ func checkStudyStored(t *testing.T, js jetstream.JetStream, ins []dicomtest.Inst
 // answered Success is stored with its event; duplicates (instances stored
 // before the kill and sent again) are allowed.
 func testClusterIngestKillLoop(t *testing.T, bin, natsBin string, rng *rand.Rand) {
-	const cycles = 4
+	cycles := *clusterKillCycles
 	c := startNATSCluster(t, natsBin)
 	data := t.TempDir()
 	sent := map[string]dicomtest.Instance{} // every instance sent, by SOP Instance UID
 	acked := map[string]bool{}              // those storescu saw Success for
 	var retry []dicomtest.Instance
+	var restarts []time.Duration // from starting ingest to its first storable association
 	for cycle := range cycles {
+		started := time.Now()
 		ing := startClusterIngest(t, bin, c, data)
+		restarts = append(restarts, time.Since(started))
 		batch := append(slices.Clone(retry), dicomtest.Study(2, 10, 16<<10)...)
 		for _, in := range batch {
 			sent[in.SOPInstanceUID] = in
@@ -937,8 +943,9 @@ func testClusterIngestKillLoop(t *testing.T, bin, natsBin string, rng *rand.Rand
 			t.Errorf("%s: storescu saw Success, but there is no pacs.instance.stored event", sop)
 		}
 	}
-	t.Logf("%d instances sent, %d answered Success, %d with events (%d repeated events of the same bytes), %d lost",
-		len(sent), len(acked), len(versions), duplicates, lost)
+	slices.Sort(restarts)
+	t.Logf("%d kill -9 cycles: %d instances sent, %d answered Success, %d with events (%d repeated events of the same bytes), %d lost; ingest ready again after a kill in %s median, %s at most",
+		cycles, len(sent), len(acked), len(versions), duplicates, lost, restarts[len(restarts)/2].Round(time.Millisecond), restarts[len(restarts)-1].Round(time.Millisecond))
 	if len(acked) == 0 {
 		t.Error("storescu saw no Success at all: the kill points never fell after a C-STORE")
 	}

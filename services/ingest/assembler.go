@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -93,6 +94,10 @@ type claim struct {
 	Generation int       `json:"generation"`
 	Replica    string    `json:"replica"`
 	At         time.Time `json:"at"`
+}
+
+func (c *claim) same(o *claim) bool {
+	return o != nil && c.Generation == o.Generation && c.Replica == o.Replica && c.At.Equal(o.At)
 }
 
 func (h *studyHeader) dirty() bool { return h.Merges > h.Reported }
@@ -230,7 +235,7 @@ func (a *assembler) mergeStudy(ctx context.Context, study string, ds []entry) er
 		if err != nil {
 			return err
 		}
-		if _, err := a.kv.Put(ctx, entryKey(study, ds[i].SOPInstanceUID, ds[i].Object.SHA256), b); err != nil {
+		if err := a.putEntry(ctx, entryKey(study, ds[i].SOPInstanceUID, ds[i].Object.SHA256), b); err != nil {
 			return fmt.Errorf("write instance entry: %w", err)
 		}
 	}
@@ -253,6 +258,25 @@ func (a *assembler) mergeStudy(ctx context.Context, study string, ds []entry) er
 		}
 		return true
 	})
+}
+
+// putEntry writes an instance entry unless the bucket holds it already: an
+// event delivered again, after a merge that failed once its entry had
+// landed (an acknowledgement lost in a leader election), must not give the
+// entry a new revision, which would list the instance again in the study's
+// next report. The same key with other data (the version of an instance
+// stored again after another version) is written anew.
+func (a *assembler) putEntry(ctx context.Context, key string, b []byte) error {
+	_, err := a.kv.Create(ctx, key, b)
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return err
+	}
+	cur, err := a.kv.Get(ctx, key)
+	if err != nil || bytes.Equal(cur.Value(), b) {
+		return err
+	}
+	_, err = a.kv.Put(ctx, key, b)
+	return err
 }
 
 // associationEnded records how many instance events an ended association
@@ -440,9 +464,12 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 		return time.Time{}, err
 	}
 	now := a.now()
-	if h.Claim != nil && now.Sub(h.Claim.At) < claimTimeout {
-		// A report is under way (here, evaluations are serialized, so it is
-		// another replica's; or this replica's before a restart).
+	if h.Claim != nil && h.Claim.Replica != a.replica && now.Sub(h.Claim.At) < claimTimeout {
+		// Another replica is reporting. A claim of this replica's own is
+		// stale (its evaluations of a study are serialized): one whose
+		// report failed, or made before a restart with the same name
+		// (hostname:pid, as a container's first process has); it is taken
+		// over at once.
 		return h.Claim.At.Add(claimTimeout), nil
 	}
 	entries, err := a.entries(ctx, key)
@@ -492,10 +519,12 @@ func (a *assembler) evaluate(ctx context.Context, study string) (retryAt time.Ti
 			"instances", ev.Data.(*events.StudyReceived).NumInstances, "duplicate", dup)
 	}
 	return time.Time{}, a.updateHeader(ctx, study, func(cur *studyHeader) bool {
-		if cur.Generation >= gen {
-			return false
+		if cur.Generation >= gen || !h.Claim.same(cur.Claim) {
+			return false // recorded already, or the claim was taken over
 		}
-		cur.Generation = gen
+		if ok {
+			cur.Generation = gen
+		}
 		cur.Reported = reportedMerges
 		cur.ReportedRev = max(cur.ReportedRev, maxRev)
 		cur.PendingSince = time.Time{}

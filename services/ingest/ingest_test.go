@@ -378,6 +378,42 @@ func TestAssociationEndsDuringEvaluation(t *testing.T) {
 	}
 }
 
+// TestInstanceEventMergedAgain: an instance event merged again (delivered
+// anew after a merge that failed once its entry had landed, as when an
+// acknowledgement is lost in a leader election) lists its instance in no
+// second report, and the study's next update is its generation 2.
+func TestInstanceEventMergedAgain(t *testing.T) {
+	b := newBroker(t)
+	evs := watchEvents(t, b)
+	r := startReplica(t, b, replicaOpts{})
+	ins := dicomtest.Study(1, 3, 1000)
+	allSuccess(t, send(t, r.addr, ins))
+	waitFor(t, "study received", func() bool { return len(evs.ofType(events.TypeStudyReceived)) == 1 })
+
+	uid := ins[0].StudyInstanceUID
+	entries, err := r.svc.asm.entries(t.Context(), headerKey(uid))
+	if err != nil || len(entries) != len(ins) {
+		t.Fatalf("%d entries, %v", len(entries), err)
+	}
+	if err := r.svc.asm.mergeStudy(t.Context(), uid, entries); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * testQuiet)
+	if n := len(evs.ofType(events.TypeStudyUpdated)); n != 0 {
+		t.Fatalf("merging the same events again published %d study updates", n)
+	}
+
+	late := dicomtest.Study(1, 1, 1000)[0]
+	late.StudyInstanceUID, late.SeriesInstanceUID = uid, ins[0].SeriesInstanceUID
+	late.SOPInstanceUID = ins[0].SeriesInstanceUID + ".99"
+	allSuccess(t, send(t, r.addr, []dicomtest.Instance{late}))
+	waitFor(t, "study updated", func() bool { return len(evs.ofType(events.TypeStudyUpdated)) == 1 })
+	u := study(t, evs.ofType(events.TypeStudyUpdated)[0])
+	if u.Generation != 2 || len(u.Series) != 1 || len(u.Series[0].Instances) != 1 || u.Series[0].Instances[0].SOPInstanceUID != late.SOPInstanceUID {
+		t.Fatalf("update: generation %d, series %+v; want generation 2 listing %s alone", u.Generation, u.Series, late.SOPInstanceUID)
+	}
+}
+
 func TestFailureStatuses(t *testing.T) {
 	b := newBroker(t)
 	r := startReplica(t, b, replicaOpts{cfg: Config{MaxInstanceBytes: 64 << 10}})
