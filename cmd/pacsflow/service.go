@@ -84,8 +84,7 @@ func (f *serviceFlags) connect(ctx context.Context, name string, log *slog.Logge
 }
 
 // serve serves HTTP (unless --http-addr is empty), says what the service
-// does, runs it until ctx ends, starting it again when it fails, then
-// drains the connection.
+// does, runs it until ctx ends or it fails, then drains the connection.
 func (p *serviceProcess) serve(ctx context.Context, ready func(context.Context) error, describe string, run func(context.Context) error, routes ...func(*http.ServeMux)) error {
 	if p.httpAddr != "" {
 		hs, err := startHTTP(p.httpAddr, p.reg, ready, p.log, p.stdout, routes...)
@@ -95,12 +94,12 @@ func (p *serviceProcess) serve(ctx context.Context, ready func(context.Context) 
 		defer shutdownHTTP(hs)
 	}
 	fmt.Fprintln(p.stdout, describe)
-	supervise(ctx, p.log, "service", run)
-	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		p.log.Warn("draining the NATS connection", "err", err)
+	err := run(ctx)
+	if derr := p.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		p.log.Warn("draining the NATS connection", "err", derr)
 	}
 	p.log.Info("stopped")
-	return nil
+	return err
 }
 
 // connectNATS connects a service to an external NATS server, reconnecting
@@ -171,9 +170,10 @@ func startup[T any](ctx context.Context, log *slog.Logger, what string, step fun
 	}
 }
 
-// supervise runs a component until ctx ends, starting it again (with
-// backoff) whenever it fails: a consumer that cannot be created while its
-// stream has no leader must come back, not leave the process half working.
+// supervise runs a component that can be started again until ctx ends,
+// starting it again (with backoff) whenever it fails: a pipeline that
+// lost its study assembler to a broker fault must get it back, not go on
+// half working.
 func supervise(ctx context.Context, log *slog.Logger, name string, run func(context.Context) error) {
 	for delay := time.Second; ctx.Err() == nil; delay = min(2*delay, 30*time.Second) {
 		start := time.Now()

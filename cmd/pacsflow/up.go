@@ -261,18 +261,30 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 	defer wg.Wait()
 	svcCtx, stopSvc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSvc()
-	run := func(name string, fn func(context.Context) error) {
+	// The ingest side's components are started again when they fail;
+	// the model services and notify run once (their batchers and streams
+	// to the page end with them), and their failure is logged.
+	restarted := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			supervise(svcCtx, log, name, fn)
 		}()
 	}
-	run("study assembler", svc.Run)
-	run("dead-letter reconciler", func(ctx context.Context) error {
+	once := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(svcCtx); err != nil && svcCtx.Err() == nil {
+				log.Error(name+" stopped", "err", err)
+			}
+		}()
+	}
+	restarted("study assembler", svc.Run)
+	restarted("dead-letter reconciler", func(ctx context.Context) error {
 		return events.RunDeadLetterReconciler(ctx, js, events.ReconcilerConfig{Streams: streams, Logger: log})
 	})
-	run("study latency recorder", func(ctx context.Context) error {
+	restarted("study latency recorder", func(ctx context.Context) error {
 		return latency.Run(ctx, js, latency.Config{Stream: streams.StreamName(), Logger: log})
 	})
 	var gsvc *generate.Service
@@ -288,7 +300,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 			m.Close()
 			return err
 		}
-		services := []func(context.Context) error{usvc.Run}
+		services := map[string]func(context.Context) error{"understand": usvc.Run}
 		if f.generate.wanted(m) {
 			gcfg, err := f.generate.config(m, store, *f.store.backend, bucket, streams, replicas)
 			if err == nil {
@@ -296,7 +308,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 				if gsvc, err = startup(ctx, log, "provision generate", func(ctx context.Context) (*generate.Service, error) {
 					return generate.New(ctx, js, gcfg)
 				}); err == nil {
-					services = append(services, gsvc.Run)
+					services["generate"] = gsvc.Run
 				}
 			}
 			if err != nil {
@@ -305,20 +317,20 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 			}
 		}
 		// The model services share the model: it is closed once both stopped.
-		run("model services", func(ctx context.Context) error {
-			defer m.Close()
-			errs := make(chan error, len(services))
-			for _, svc := range services {
-				go func() { errs <- svc(ctx) }()
-			}
-			var first error
-			for range services {
-				if err := <-errs; err != nil && first == nil {
-					first = err
-				}
-			}
-			return first
-		})
+		var models sync.WaitGroup
+		for name, svc := range services {
+			models.Add(1)
+			once(name, func(ctx context.Context) error {
+				defer models.Done()
+				return svc(ctx)
+			})
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			models.Wait()
+			m.Close()
+		}()
 		fmt.Fprintln(stdout, f.understand.describe())
 		if len(services) > 1 {
 			fmt.Fprintln(stdout, generateDescription)
@@ -333,7 +345,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		if nsvc, err = newNotify(ctx, js, ncfg, log, reg); err != nil {
 			return err
 		}
-		run("notify", nsvc.Run)
+		once("notify", nsvc.Run)
 		fmt.Fprintln(stdout, f.notify.describe(ncfg, *f.httpAddr))
 	}
 	if *f.analytics {
@@ -341,7 +353,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		if err != nil {
 			return err
 		}
-		run("analytics projection", func(ctx context.Context) error { return analytics.Run(ctx, js, acfg) })
+		restarted("analytics projection", func(ctx context.Context) error { return analytics.Run(ctx, js, acfg) })
 		fmt.Fprintf(stdout, "analytics: de-identified events on analytics.> (dates: %s)\n", *f.dates)
 	}
 	if *f.httpAddr != "" {

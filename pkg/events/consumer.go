@@ -174,7 +174,17 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 		return fmt.Errorf("consumer %s: no handler", cfg.Durable)
 	}
 	cons, err := ensureConsumer(ctx, js, cfg)
+	for delay := time.Second; Transient(err) && ctx.Err() == nil; delay = min(2*delay, 15*time.Second) {
+		// A stream without a leader (a cluster electing one, a node
+		// restarting) cannot take the consumer yet: wait, do not fail.
+		cfg.Logger.Warn("consumer: JetStream not ready; retrying", "consumer", cfg.Durable, "err", err, "retry_in", delay)
+		wait(ctx, delay)
+		cons, err = ensureConsumer(ctx, js, cfg)
+	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	w := &worker{js: js, cfg: cfg, h: h, log: cfg.Logger.With("consumer", cfg.Durable), m: consumerInstruments()}

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/pacsflow/pacsflow/pkg/natsserver"
 )
 
 // waitFor polls cond until it holds, failing the test after testTimeout.
@@ -369,4 +372,64 @@ func ExampleConsume() {
 	// 1.2.2 20 instances
 	// 1.2.3 30 instances
 	// stopped: <nil>
+}
+
+// TestConsumeWaitsForJetStream: a consumer started while its server is
+// down (a service that starts before its NATS, a node restarting) waits,
+// and consumes once the server is back, rather than fail.
+func TestConsumeWaitsForJetStream(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := natsserver.Start(natsserver.Config{StoreDir: dir, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.ClientURL()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Provision(testContext(t), js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+
+	var logs lockedBuffer
+	var r recorder
+	consume(t, js, ConsumerConfig{Durable: "late", FilterSubjects: []string{"pacs.instance.stored.>"},
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, r.handle)
+	waitFor(t, "the consumer to wait for JetStream", func() bool { return strings.Contains(logs.String(), "JetStream not ready") })
+
+	srv, err = natsserver.Start(natsserver.Config{StoreDir: dir, Listen: strings.TrimPrefix(url, "nats://")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	ids := publish(t, js, "CT", 1)
+	waitFor(t, "the event handled", func() bool { return len(r.deliveries()) == 1 })
+	if got := r.deliveries()[0].Event.ID; got != ids[0] {
+		t.Errorf("handled %s, want %s", got, ids[0])
+	}
+}
+
+// lockedBuffer is a log destination the test reads while a consumer writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
