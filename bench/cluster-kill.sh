@@ -23,8 +23,8 @@ need_go
 need_dcmtk
 need_tensorflow
 mkdir -p bench/out
-seed=()
-[ -z "${SEED:-}" ] || seed=(-cluster-seed "$SEED")
-go test -count=1 -run 'TestCluster/IngestKillLoop' -cluster-kill-cycles "$N" "${seed[@]}" -timeout 60m -v ./cmd/pacsflow/ 2>&1 |
+args=(-cluster-kill-cycles="$N")
+[ -z "${SEED:-}" ] || args+=(-cluster-seed="$SEED")
+go test -count=1 -run 'TestCluster/IngestKillLoop' -timeout 60m -v ./cmd/pacsflow/ -args "${args[@]}" 2>&1 |
   grep -E '^(=== RUN|--- |PASS|FAIL|ok)|cluster_test.go|panic' | tee bench/out/cluster-kill.txt
 grep -q '^ok' bench/out/cluster-kill.txt
