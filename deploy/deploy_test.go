@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pacsflow/pacsflow/internal/syncbuf"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"go.yaml.in/yaml/v3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -428,7 +429,7 @@ func checkCommandLine(t *testing.T, r *rendered, comp string, pod podSpec, c con
 	cmd := exec.Command(staticBinary(t), args...)
 	cmd.Env = env
 	cmd.Dir = root
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -459,24 +460,6 @@ wait:
 	_ = cmd.Process.Kill()
 	t.Errorf("%s: pacsflow %s with the chart's arguments, environment and files: %v, want it to wait for NATS:\n%s",
 		comp, strings.Join(args, " "), err, out.String())
-}
-
-// syncBuffer is a bytes.Buffer a process writes to while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func checkSecurity(t *testing.T, name string, pod podSpec, c container) {

@@ -14,12 +14,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pacsflow/pacsflow/internal/dicomtest"
+	"github.com/pacsflow/pacsflow/internal/syncbuf"
 
 	"github.com/pacsflow/pacsflow/pkg/uid"
 )
@@ -60,28 +60,10 @@ func childEnv() []string {
 	return append(env, "TCP_NODELAY=1")
 }
 
-// output collects what a process writes; it may be read while the process runs.
-type output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
-
 type process struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr output
+	stdout, stderr syncbuf.Buffer // what it wrote, readable while it runs
 	done           chan struct{}
 	err            error
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pacsflow/pacsflow/internal/syncbuf"
 	"github.com/pacsflow/pacsflow/pkg/events"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
 )
@@ -111,24 +112,6 @@ func studyEvent() *events.Event {
 		Data:        &events.StudyReceived{NumSeries: 2, NumInstances: 4, Bytes: 2112600, Trigger: "quiet-period", Generation: 1}}
 }
 
-// syncBuffer is written by a running command and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) lines() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), "\n")
-}
-
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(cliTimeout)
@@ -211,12 +194,12 @@ func TestEventsTailFollows(t *testing.T) {
 	publishEvents(t, js, instanceEvent("CT", "1.2.3.1.1", 1))
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- runEvents(ctx, []string{"tail", "--nats-url", url}, &out, io.Discard) }()
-	waitUntil(t, "the stored event", func() bool { return out.lines() == 1 })
+	waitUntil(t, "the stored event", func() bool { return strings.Count(out.String(), "\n") == 1 })
 	publishEvents(t, js, instanceEvent("CT", "1.2.3.1.2", 2))
-	waitUntil(t, "the new event", func() bool { return out.lines() == 2 })
+	waitUntil(t, "the new event", func() bool { return strings.Count(out.String(), "\n") == 2 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("interrupted tail: %v", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/pacsflow/pacsflow/internal/syncbuf"
 	"github.com/pacsflow/pacsflow/pkg/natsserver"
 )
 
@@ -398,7 +399,7 @@ func TestConsumeWaitsForJetStream(t *testing.T) {
 	}
 	srv.Shutdown()
 
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	var r recorder
 	consume(t, js, ConsumerConfig{Durable: "late", FilterSubjects: []string{"pacs.instance.stored.>"},
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, r.handle)
@@ -414,22 +415,4 @@ func TestConsumeWaitsForJetStream(t *testing.T) {
 	if got := r.deliveries()[0].Event.ID; got != ids[0] {
 		t.Errorf("handled %s, want %s", got, ids[0])
 	}
-}
-
-// lockedBuffer is a log destination the test reads while a consumer writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

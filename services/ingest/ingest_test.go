@@ -345,15 +345,12 @@ func TestAssociationEndsDuringEvaluation(t *testing.T) {
 		return time.Now()
 	}})
 	ins := dicomtest.Study(1, 2, 1000)
-	c, err := dimse.Dial(t.Context(), r.addr, dimse.ClientConfig{CallingAE: "MODALITY", CalledAE: "PACSFLOW"},
-		[]dimse.Proposal{{AbstractSyntax: uid.CTImageStorage, TransferSyntaxes: []string{uid.ExplicitVRLittleEndian}}})
+	c, err := dial(r.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, in := range ins {
-		res, err := c.Store(t.Context(), dimse.StoreRequest{AffectedSOPClassUID: in.SOPClassUID, AffectedSOPInstanceUID: in.SOPInstanceUID},
-			uid.ExplicitVRLittleEndian, bytes.NewReader(in.DataSet()))
-		if err != nil || res.Status != dimse.StatusSuccess {
+		if res, err := storeOne(c, in); err != nil || res.Status != dimse.StatusSuccess {
 			t.Fatalf("store: %v %v", res.Status, err)
 		}
 	}
