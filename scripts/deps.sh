@@ -62,6 +62,26 @@ need_tensorflow() {
   export PACSFLOW_PYTHON="$PWD/.venv/bin/python"
 }
 
+# XLA's CPU PJRT plugin, as the lammps-jax-pjrt-cpu wheel ships it (built from the XLA of
+# jaxlib 0.11.2; installed without its jax requirement, which the plugin does not load).
+PJRT_CPU_PACKAGE="lammps-jax-pjrt-cpu==0.11.2"
+
+# need_pjrt_cpu installs XLA's CPU PJRT plugin into .venv when missing and exports its path as
+# PACSFLOW_PJRT_PLUGIN: the tests run the model's StableHLO through it (the pjrt runtime), as
+# NVIDIA's CUDA plugin runs it on a GPU. Nothing at run time needs it.
+need_pjrt_cpu() {
+  need_venv
+  local plugin=".venv/lib/python3*/site-packages/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so"
+  # shellcheck disable=SC2086 # the glob picks the venv's Python version
+  if ! ls $plugin >/dev/null 2>&1; then
+    echo "== installing $PJRT_CPU_PACKAGE (XLA's CPU PJRT plugin) into .venv (about 60 MB)"
+    .venv/bin/pip install -q --no-deps "$PJRT_CPU_PACKAGE"
+  fi
+  # shellcheck disable=SC2086
+  PACSFLOW_PJRT_PLUGIN="$(cd "$(dirname $plugin)" && pwd)/pjrt_c_api_cpu_plugin.so"
+  export PACSFLOW_PJRT_PLUGIN
+}
+
 HELM_VERSION="v3.22.0"
 
 # need_helm builds helm (what deploy/deploy_test.go lints and renders the Helm chart with) from

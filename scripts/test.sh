@@ -3,7 +3,8 @@
 # Go modules (go mod download), DCMTK and dicom3tools (apt-get install dcmtk
 # dicom3tools) for the interop and object tests, Debian's chromium for the worklist page's
 # browser test, and a Python venv (.venv) with pynetdicom, pydicom and tensorflow-cpu (the
-# model tests, and the C library pkg/model links). Test artifacts (the worklist page's
+# model tests, and the C library pkg/model links) and XLA's CPU PJRT plugin (the pjrt runtime's
+# tests). Test artifacts (the worklist page's
 # screenshots) are kept under test-artifacts/.
 # Set FUZZTIME (default 30s) to change how long each fuzz target runs; FUZZTIME=0 skips fuzzing.
 set -euo pipefail
@@ -16,6 +17,7 @@ need_chromium
 need_helm
 need_venv
 need_tensorflow
+need_pjrt_cpu
 echo "== go vet, staticcheck"
 go vet ./...
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...

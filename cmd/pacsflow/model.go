@@ -25,10 +25,11 @@ func runModelInspect(ctx context.Context, args []string, stdout, stderr io.Write
 		"Prints what the model directory DIR says of itself (assets/model-contract.json), the\n"+
 			"signatures its SavedModel has, and whether it fills pacsflow's model contract\n"+
 			"(schemas/model-contract.md); exits 1 when it does not. Needs no TensorFlow unless --run\n"+
-			"is given: --run also loads the model and runs each signature once on a blank batch,\n"+
-			"printing the load time and each signature's latency.", stderr)
+			"is given: --run also loads the model on --model-runtime and runs each signature once on\n"+
+			"a blank batch, printing the load time and each signature's latency.", stderr)
 	runIt := fs.Bool("run", false, "load the model and run every signature once")
 	threads := fs.Int("threads", 0, "TensorFlow intra-op threads for --run (0: one per core)")
+	runtime, plugin := addRuntimeFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -48,7 +49,7 @@ func runModelInspect(ctx context.Context, args []string, stdout, stderr io.Write
 		return nil
 	}
 	start := time.Now()
-	m, err := model.Open(ctx, dir, model.Options{IntraOpThreads: *threads})
+	m, err := model.Open(ctx, dir, model.Options{Runtime: *runtime, PJRTPlugin: *plugin, IntraOpThreads: *threads})
 	if err != nil {
 		return err
 	}

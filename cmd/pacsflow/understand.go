@@ -25,9 +25,9 @@ import (
 // modelFlags name the model and how TensorFlow runs it, for every command
 // that runs a model service.
 type modelFlags struct {
-	model            *string
-	intraOp, interOp *int
-	gpuGrowth        *bool
+	model, runtime, plugin *string
+	intraOp, interOp       *int
+	gpuGrowth              *bool
 }
 
 func addModelFlags(fs *flag.FlagSet, optional bool) *modelFlags {
@@ -35,12 +35,21 @@ func addModelFlags(fs *flag.FlagSet, optional bool) *modelFlags {
 	if optional {
 		modelHelp += "; empty: run without the understand service"
 	}
-	return &modelFlags{
+	f := &modelFlags{
 		model:     fs.String("model", "model/reference", modelHelp),
 		intraOp:   fs.Int("intra-op-threads", 1, "TensorFlow threads per operation (0: one per core); 1 is fastest for the small reference model"),
 		interOp:   fs.Int("inter-op-threads", 1, "TensorFlow operations run at once (0: TensorFlow chooses)"),
 		gpuGrowth: fs.Bool("gpu-memory-growth", true, "allocate GPU memory as needed rather than all at start-up, so that processes can share a GPU"),
 	}
+	f.runtime, f.plugin = addRuntimeFlags(fs)
+	return f
+}
+
+// addRuntimeFlags are the flags that choose what runs a model.
+func addRuntimeFlags(fs *flag.FlagSet) (runtime, plugin *string) {
+	return fs.String("model-runtime", model.RuntimeTensorFlow, "what runs the model: tensorflow (the SavedModel through TensorFlow's C API, on CPU) or pjrt "+
+			"(its StableHLO modules, from model/export_stablehlo.py, through the PJRT plugin of --pjrt-plugin: on NVIDIA GPUs the xla_cuda_plugin.so of the jax-cuda12-pjrt or jax-cuda13-pjrt wheel)"),
+		fs.String("pjrt-plugin", "", "the PJRT plugin library the pjrt runtime loads")
 }
 
 // open loads the model and says what it is; the caller closes it.
@@ -49,12 +58,13 @@ func (f *modelFlags) open(ctx context.Context, stdout io.Writer) (*model.Model, 
 		return nil, fmt.Errorf("--model %s: no such directory (the reference model is model/reference of the pacsflow repository: run from there, or give --model DIR)", *f.model)
 	}
 	start := time.Now()
-	m, err := model.Open(ctx, *f.model, model.Options{IntraOpThreads: *f.intraOp, InterOpThreads: *f.interOp, GPUMemoryGrowth: *f.gpuGrowth})
+	m, err := model.Open(ctx, *f.model, model.Options{Runtime: *f.runtime, PJRTPlugin: *f.plugin,
+		IntraOpThreads: *f.intraOp, InterOpThreads: *f.interOp, GPUMemoryGrowth: *f.gpuGrowth})
 	if err != nil {
 		return nil, err
 	}
 	c := m.Contract()
-	fmt.Fprintf(stdout, "model: %s %s from %s, loaded in %v; labels %s; accepts %s\n", c.Model.Name, c.Model.Version, *f.model,
+	fmt.Fprintf(stdout, "model: %s %s from %s on %s, loaded in %v; labels %s; accepts %s\n", c.Model.Name, c.Model.Version, *f.model, *f.runtime,
 		time.Since(start).Round(time.Millisecond), strings.Join(c.Labels, ", "), strings.Join(c.Preprocessing.AcceptedModalities, ", "))
 	fmt.Fprintf(stdout, "model intended use: %s\n", c.Model.IntendedUse)
 	return m, nil

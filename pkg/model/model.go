@@ -58,8 +58,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Model, error) {
 	switch opts.Runtime {
 	case "", RuntimeTensorFlow:
 		rt, err = openTensorFlow(dir, saved, c, opts)
+	case RuntimePJRT:
+		rt, err = openPJRT(dir, c, opts)
 	default:
-		err = fmt.Errorf("unknown model runtime %q (have: %s)", opts.Runtime, RuntimeTensorFlow)
+		err = fmt.Errorf("unknown model runtime %q (have: %s, %s)", opts.Runtime, RuntimeTensorFlow, RuntimePJRT)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open model %s: %w", dir, err)

@@ -82,13 +82,20 @@ type Runtime interface {
 
 // Runtime names for Options.Runtime.
 const (
+	// RuntimeTensorFlow runs the SavedModel through TensorFlow's C API.
 	RuntimeTensorFlow = "tensorflow"
+	// RuntimePJRT runs the StableHLO modules derived from the SavedModel
+	// (model/export_stablehlo.py) through a PJRT plugin: NVIDIA's XLA CUDA plugin on GPUs.
+	RuntimePJRT = "pjrt"
 )
 
 // Options configure how a model runs.
 type Options struct {
-	// Runtime is the execution engine; only "tensorflow" exists so far.
+	// Runtime is the execution engine: RuntimeTensorFlow (default) or RuntimePJRT.
 	Runtime string
+	// PJRTPlugin is the PJRT plugin library the pjrt runtime loads, e.g. the
+	// xla_cuda_plugin.so of the jax-cuda13-pjrt wheel.
+	PJRTPlugin string
 	// IntraOpThreads and InterOpThreads bound TensorFlow's thread pools; 0 lets it choose
 	// (one thread per core).
 	IntraOpThreads int

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -24,21 +23,6 @@ import (
 // These tests run the real reference model (model/reference) through TensorFlow's C API and
 // compare it with Python TensorFlow. They need the project's venv: ./scripts/test.sh sets
 // PACSFLOW_PYTHON.
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
-func referenceDir(t testing.TB) string {
-	t.Helper()
-	dir := filepath.Join(repoRoot(t), "model", "reference")
-	if _, err := os.Stat(filepath.Join(dir, "saved_model.pb")); err != nil {
-		t.Fatalf("the reference model is missing (%v): it is committed under model/reference; rebuild it with python model/train.py --out model/reference", err)
-	}
-	return dir
-}
 
 // python runs one of the model/ scripts with the venv's Python.
 func python(t testing.TB, script string, args ...string) string {
@@ -102,9 +86,16 @@ type jsonRun struct {
 }
 
 func TestReferenceMatchesPython(t *testing.T) {
-	m := openReference(t)
+	matchesPython(t, openReference(t), referenceDir(t), 1e-5)
+}
+
+// matchesPython runs every signature of m, loaded from dir, on the inputs
+// model/reference_outputs.py runs Python TensorFlow on, and compares the outputs: integers
+// exactly, floats within tol.
+func matchesPython(t *testing.T, m *Model, dir string, tol float64) {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), "ref.json")
-	python(t, "reference_outputs.py", "--model", referenceDir(t), "--out", out)
+	python(t, "reference_outputs.py", "--model", dir, "--out", out)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -142,8 +133,8 @@ func TestReferenceMatchesPython(t *testing.T) {
 				maxDiff = math.Max(maxDiff, math.Abs(float64(g.F32[i]-want.F32[i])))
 			}
 			t.Logf("%s %s: %d values, max |Go − Python| = %.3g", sig, name, len(want.F32), maxDiff)
-			if maxDiff > 1e-5 {
-				t.Errorf("%s %s: max abs difference %g > 1e-5", sig, name, maxDiff)
+			if maxDiff > tol {
+				t.Errorf("%s %s: max abs difference %g > %g", sig, name, maxDiff, tol)
 			}
 		}
 	}
