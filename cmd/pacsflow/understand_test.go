@@ -103,13 +103,45 @@ var levelRank = map[string]int{"ROUTINE": 0, "URGENT": 1, "STAT": 2}
 // TestUnderstandEndToEnd: 24 synthetic studies, half with a finding, go
 // through storescu, pacsflow up and the reference model; each gets one
 // findings, draft report and triage event that follow the contract, and the
-// triage ranks the studies with findings above those without.
+// triage ranks the studies with findings above those without. On each
+// runtime: TensorFlow, and pjrt with the model's StableHLO on XLA's CPU
+// plugin (PACSFLOW_PJRT_PLUGIN, which ./scripts/test.sh sets).
 func TestUnderstandEndToEnd(t *testing.T) {
 	requireTools(t, "storescu")
 	bin := buildPacsflow(t)
+	t.Run("tensorflow", func(t *testing.T) { understandEndToEnd(t, bin, "--model", referenceModel(t)) })
+	t.Run("pjrt", func(t *testing.T) {
+		plugin := os.Getenv("PACSFLOW_PJRT_PLUGIN")
+		if plugin == "" {
+			t.Fatal("PACSFLOW_PJRT_PLUGIN is not set: run ./scripts/test.sh, which installs XLA's CPU PJRT plugin")
+		}
+		understandEndToEnd(t, bin, "--model", stableHLOModel(t), "--model-runtime", "pjrt", "--pjrt-plugin", plugin, "--batch-size", "8")
+	})
+}
+
+// stableHLOModel copies the reference model with its StableHLO modules for batch sizes 1 and 8
+// (model/export_stablehlo.py) into a temporary folder.
+func stableHLOModel(t *testing.T) string {
+	t.Helper()
+	py := os.Getenv("PACSFLOW_PYTHON")
+	if py == "" {
+		t.Fatal("PACSFLOW_PYTHON is not set: run ./scripts/test.sh, or set it to a Python with tensorflow-cpu (.venv/bin/python)")
+	}
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS(referenceModel(t))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "stablehlo")); err != nil {
+		t.Fatal(err)
+	}
+	start(t, py, "../../model/export_stablehlo.py", "--model", dir, "--batch-sizes", "1,8").mustSucceed(t)
+	return dir
+}
+
+func understandEndToEnd(t *testing.T, bin string, modelArgs ...string) {
 	const n = 24
 	dir, files, truth := synthStudies(t, bin, n)
-	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore", "--model", referenceModel(t))...)
+	up := startPipeline(t, bin, upArgs(t.TempDir(), "objectstore", modelArgs...)...)
 	js := connectJS(t, up.natsURL)
 	storeSCU(t, up.dicomAddr, files).mustSucceed(t)
 	waitEvents(t, js, "a triage per study", countType(events.TypeAITriage, n))
