@@ -134,6 +134,22 @@ func TestHelmChart(t *testing.T) {
 			}
 		})
 	}
+	t.Run("pjrt", func(t *testing.T) {
+		// The pjrt runtime: the -pjrt image, its plugin, for both model components, on GPUs.
+		r := render(t, helm, "--set", "understand.modelRuntime=pjrt")
+		for _, comp := range modelComponents {
+			d := r.deployment(t, comp)
+			c := d.Spec.Template.Spec.Containers[0]
+			if got, plugin := argValues(c.Args, "model-runtime"), argValues(c.Args, "pjrt-plugin"); !slices.Equal(got, []string{"pjrt"}) ||
+				!slices.Equal(plugin, []string{"/opt/pacsflow/pjrt/xla_cuda_plugin.so"}) {
+				t.Errorf("%s: --model-runtime %q --pjrt-plugin %q, want pjrt and the image's plugin", comp, got, plugin)
+			}
+			if !strings.HasSuffix(c.Image, "-pjrt") || c.Resources.Limits["nvidia.com/gpu"] != "1" {
+				t.Errorf("%s: image %s, GPU limit %q; want the -pjrt variant on a GPU", comp, c.Image, c.Resources.Limits["nvidia.com/gpu"])
+			}
+			checkCommandLine(t, r, comp, d.Spec.Template.Spec, c)
+		}
+	})
 	t.Run("generate-disabled", func(t *testing.T) {
 		r := render(t, helm, "--set", "generate.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
 		for _, m := range r.all {
@@ -181,7 +197,8 @@ func TestHelmChart(t *testing.T) {
 
 	// Values that render but could not run are refused, saying why.
 	for _, tc := range []struct{ set, want string }{
-		{"understand.modelRuntime=pjrt", "pjrt arrives with the GPU issue; today only tensorflow"},
+		{"understand.modelRuntime=pjrt,understand.pjrtPlugin=", "understand.modelRuntime pjrt needs understand.pjrtPlugin"},
+		{"understand.modelRuntime=onnx", "/understand/modelRuntime"},
 		{"notify.auth.token.enabled=false", "notify needs a credential"},
 		{"ingest.allow=null", "ingest.allow is empty"},
 		{"ingest.tls.enabled=true", "ingest.tls.enabled needs ingest.tls.secretName"},

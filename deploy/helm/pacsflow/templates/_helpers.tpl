@@ -45,10 +45,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" $repo (default .tag .image.tag) }}
 {{- end }}
 
-{{/* The understand image's default tag, for understand and generate: <appVersion>-gpu or
--cpu; call with (dict "ctx" $ "gpu" true). */}}
+{{/* The understand image's default tag, for understand and generate: <appVersion>-pjrt
+with the pjrt runtime, else -gpu or -cpu; call with (dict "ctx" $ "gpu" true). */}}
 {{- define "pacsflow.modelImageTag" -}}
-{{- printf "%s-%s" (include "pacsflow.appVersion" .ctx) (ternary "gpu" "cpu" .gpu) }}
+{{- $variant := ternary "gpu" "cpu" .gpu }}
+{{- if eq .ctx.Values.understand.modelRuntime "pjrt" }}{{ $variant = "pjrt" }}{{ end }}
+{{- printf "%s-%s" (include "pacsflow.appVersion" .ctx) $variant }}
+{{- end }}
+
+{{/* The flags that choose the model runtime, for understand and generate. */}}
+{{- define "pacsflow.runtimeArgs" -}}
+- {{ print "--model-runtime=" .Values.understand.modelRuntime | quote }}
+{{- if eq .Values.understand.modelRuntime "pjrt" }}
+- {{ print "--pjrt-plugin=" .Values.understand.pjrtPlugin | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The generate image: the understand image (repository, and tag when set) unless
@@ -176,12 +186,10 @@ readinessProbe:
 {{- if and .Values.ingest.tls.enabled (not .Values.ingest.tls.secretName) }}
 {{- fail "ingest.tls.enabled needs ingest.tls.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key; ca.crt with clientCA)" }}
 {{- end }}
-{{- if .Values.understand.enabled }}
-{{- if eq .Values.understand.modelRuntime "pjrt" }}
-{{- fail "understand.modelRuntime pjrt arrives with the GPU issue; today only tensorflow" }}
-{{- else if ne .Values.understand.modelRuntime "tensorflow" }}
-{{- fail (printf "understand.modelRuntime %q: want tensorflow" .Values.understand.modelRuntime) }}
+{{- if and (eq .Values.understand.modelRuntime "pjrt") (not .Values.understand.pjrtPlugin) }}
+{{- fail "understand.modelRuntime pjrt needs understand.pjrtPlugin: the PJRT plugin library in the image" }}
 {{- end }}
+{{- if .Values.understand.enabled }}
 {{- if and (eq .Values.understand.model.source "pvc") (not .Values.understand.model.pvc.claimName) }}
 {{- fail "understand.model.source pvc needs understand.model.pvc.claimName" }}
 {{- end }}
