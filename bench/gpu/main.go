@@ -17,12 +17,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"maps"
-	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -85,79 +83,33 @@ func run() error {
 	return nil
 }
 
-// jsonTensor is a tensor as model/reference_outputs.py writes it.
-type jsonTensor struct {
-	DType string    `json:"dtype"`
-	Shape []int64   `json:"shape"`
-	Data  []float64 `json:"data"`
-}
-
-func (j jsonTensor) tensor() *model.Tensor {
-	t := &model.Tensor{Shape: j.Shape}
-	if j.DType == model.Int32 {
-		t.I32 = make([]int32, len(j.Data))
-		for i, v := range j.Data {
-			t.I32[i] = int32(v)
-		}
-		return t
-	}
-	t.F32 = make([]float32, len(j.Data))
-	for i, v := range j.Data {
-		t.F32[i] = float32(v)
-	}
-	return t
-}
-
 // compare runs every signature on the reference inputs and returns how many outputs differ.
 func compare(ctx context.Context, m *model.Model, path string, tol float64) (int, error) {
-	b, err := os.ReadFile(path)
+	runs, err := model.ReadReferenceRuns(path)
 	if err != nil {
 		return 0, err
 	}
-	var runs map[string]struct {
-		Inputs  map[string]jsonTensor `json:"inputs"`
-		Outputs map[string]jsonTensor `json:"outputs"`
-	}
-	if err := json.Unmarshal(b, &runs); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
 	failed := 0
 	for _, sig := range slices.Sorted(maps.Keys(runs)) {
-		in := map[string]*model.Tensor{}
-		for name, j := range runs[sig].Inputs {
-			in[name] = j.tensor()
-		}
-		got, err := m.Runtime().Run(ctx, sig, in)
+		got, err := m.Runtime().Run(ctx, sig, runs[sig].Inputs)
 		if err != nil {
 			return 0, fmt.Errorf("run %s: %w", sig, err)
 		}
-		for _, name := range slices.Sorted(maps.Keys(runs[sig].Outputs)) {
-			want, g := runs[sig].Outputs[name].tensor(), got[name]
+		for _, d := range model.CompareOutputs(got, runs[sig].Outputs) {
 			switch {
-			case g == nil || !slices.Equal(g.Shape, want.Shape):
+			case d.Err != nil:
 				failed++
-				fmt.Printf("RESULT test=compare signature=%s output=%s ok=false why=shape\n", sig, name)
-			case want.I32 != nil:
-				diff := -1
-				for i := range want.I32 {
-					if g.I32[i] != want.I32[i] {
-						diff = i
-						break
-					}
-				}
-				if diff >= 0 {
+				fmt.Printf("RESULT test=compare signature=%s output=%s ok=false why=%q\n", sig, d.Name, d.Err)
+			case d.Float:
+				if d.MaxAbs > tol {
 					failed++
 				}
-				fmt.Printf("RESULT test=compare signature=%s output=%s ok=%t first_differing_token=%d\n", sig, name, diff < 0, diff)
+				fmt.Printf("RESULT test=compare signature=%s output=%s ok=%t max_abs_diff=%.3g\n", sig, d.Name, d.MaxAbs <= tol, d.MaxAbs)
 			default:
-				var maxDiff float64
-				for i := range want.F32 {
-					maxDiff = math.Max(maxDiff, math.Abs(float64(g.F32[i]-want.F32[i])))
-				}
-				if maxDiff > tol {
+				if d.FirstDiff >= 0 {
 					failed++
 				}
-				fmt.Printf("RESULT test=compare signature=%s output=%s ok=%t max_abs_diff=%.3g\n", sig, name, maxDiff <= tol, maxDiff)
+				fmt.Printf("RESULT test=compare signature=%s output=%s ok=%t first_differing_token=%d\n", sig, d.Name, d.FirstDiff < 0, d.FirstDiff)
 			}
 		}
 	}
