@@ -207,7 +207,7 @@ func run(ctx context.Context, o *options) (err error) {
 	// The model first: without TensorFlow (a build without -tags
 	// tensorflow) there is nothing to measure, and this says so at once.
 	start := time.Now()
-	if b.model, err = model.Open(ctx, o.Model, model.Options{IntraOpThreads: o.IntraOp, InterOpThreads: o.InterOp}); err != nil {
+	if b.model, err = model.Open(ctx, o.Model, o.ModelOptions()); err != nil {
 		return fmt.Errorf("open the model: %w", err)
 	}
 	defer b.model.Close()
@@ -215,7 +215,7 @@ func run(ctx context.Context, o *options) (err error) {
 	if !c.Has(model.SigGenerate) {
 		return fmt.Errorf("model %s %s has no %s signature", c.Model.Name, c.Model.Version, model.SigGenerate)
 	}
-	benchkit.PrintModel(b.model, o.Model, start, o.IntraOp, o.InterOp)
+	benchkit.PrintModel(b.model, &o.Common, start)
 
 	dir := filepath.Join(work, "studies")
 	// This program's own subfolder: a --work folder used again gets it

@@ -204,12 +204,12 @@ func run(ctx context.Context, o *options) (err error) {
 	// The model first: without TensorFlow (a build without -tags
 	// tensorflow) there is nothing to measure, and this says so at once.
 	start := time.Now()
-	b.model, err = model.Open(ctx, o.Model, model.Options{IntraOpThreads: o.IntraOp, InterOpThreads: o.InterOp})
+	b.model, err = model.Open(ctx, o.Model, o.ModelOptions())
 	if err != nil {
 		return err
 	}
 	defer b.model.Close()
-	benchkit.PrintModel(b.model, o.Model, start, o.IntraOp, o.InterOp)
+	benchkit.PrintModel(b.model, &o.Common, start)
 
 	needBacklog := o.phases["decode"] || o.phases["model"] || o.phases["throughput"]
 	var backlogTruth, latencyTruth *synth.Result

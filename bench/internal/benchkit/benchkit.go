@@ -52,10 +52,16 @@ func Main[O any](name string, parse func(args []string) (O, error), run func(ctx
 // set.
 type Common struct {
 	Model, Python, Work string
+	Runtime, PJRTPlugin string
 	Keep                bool
 	Seed                int
 	IntraOp, InterOp    int
 	Timeout             time.Duration
+}
+
+// ModelOptions are the options the common flags give model.Open.
+func (c *Common) ModelOptions() model.Options {
+	return model.Options{Runtime: c.Runtime, PJRTPlugin: c.PJRTPlugin, IntraOpThreads: c.IntraOp, InterOpThreads: c.InterOp}
 }
 
 // Register adds the common flags to fs.
@@ -65,6 +71,8 @@ func (c *Common) Register(fs *flag.FlagSet) {
 		py = "python3"
 	}
 	fs.StringVar(&c.Model, "model", "model/reference", "model directory")
+	fs.StringVar(&c.Runtime, "model-runtime", model.RuntimeTensorFlow, "tensorflow, or pjrt (the model's StableHLO, model/export_stablehlo.py, through --pjrt-plugin)")
+	fs.StringVar(&c.PJRTPlugin, "pjrt-plugin", os.Getenv("PACSFLOW_PJRT_PLUGIN"), "the PJRT plugin library of the pjrt runtime ($PACSFLOW_PJRT_PLUGIN when set)")
 	fs.StringVar(&c.Python, "python", py, "Python with numpy, for the phantom generator ($PACSFLOW_PYTHON when set, else python3)")
 	fs.StringVar(&c.Work, "work", "", "folder for the studies and the NATS store, kept (default: a new temporary folder, removed at the end unless --keep)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary work folder")
@@ -154,12 +162,12 @@ func PrintEnd() {
 	fmt.Printf("RESULT test=end load_end=%s\n", strings.ReplaceAll(load, " ", ","))
 }
 
-// PrintModel prints the line of model m, opened from dir since start with
-// those TensorFlow threads.
-func PrintModel(m *model.Model, dir string, start time.Time, intraOp, interOp int) {
-	c := m.Contract()
-	fmt.Printf("model: %s %s from %s, loaded in %v; TensorFlow threads intra-op %d, inter-op %d (0: TensorFlow's default)\n",
-		c.Model.Name, c.Model.Version, dir, time.Since(start).Round(time.Millisecond), intraOp, interOp)
+// PrintModel prints the line of model m, opened since start with the
+// options of c.
+func PrintModel(m *model.Model, c *Common, start time.Time) {
+	mc := m.Contract()
+	fmt.Printf("model: %s %s from %s on %s, loaded in %v; TensorFlow threads intra-op %d, inter-op %d (0: TensorFlow's default)\n",
+		mc.Model.Name, mc.Model.Version, c.Model, c.Runtime, time.Since(start).Round(time.Millisecond), c.IntraOp, c.InterOp)
 }
 
 // LoadAverage is the 1, 5 and 15 minute load averages, or "unknown".
