@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The understand service, in one process on this machine: the reference model through
-# TensorFlow, an embedded NATS JetStream server in a temporary folder, the instances in its
-# object store (bench/understand/main.go; --help lists its flags):
+# TensorFlow (or the pjrt runtime: --model-runtime pjrt with a model that has its StableHLO, e.g.
+# bench/out/gpu/model from bench/gpu/prepare.sh), an embedded NATS JetStream server in a
+# temporary folder, the instances in its object store (bench/understand/main.go; --help lists
+# its flags):
 #
 #   bench/understand.sh [FLAGS]       e.g. --studies 16, --decoders 1, --size 1024
 #
