@@ -122,9 +122,7 @@ func runGenerateServe(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	cfg.Logger, cfg.Registerer = log, p.reg
-	svc, err := startup(ctx, log, "provision generate", func(ctx context.Context) (*generate.Service, error) {
-		return generate.New(ctx, p.js, cfg)
-	})
+	svc, err := provision(ctx, log, "generate", generate.New, p.js, cfg)
 	if err != nil {
 		return err
 	}

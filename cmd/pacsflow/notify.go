@@ -99,9 +99,7 @@ func (f *notifyFlags) describe(cfg notify.Config, httpAddr string) string {
 // newNotify creates the service with the process's logger and registry.
 func newNotify(ctx context.Context, js jetstream.JetStream, cfg notify.Config, log *slog.Logger, reg prometheus.Registerer) (*notify.Service, error) {
 	cfg.Logger, cfg.Registerer = log, reg
-	return startup(ctx, log, "provision notify", func(ctx context.Context) (*notify.Service, error) {
-		return notify.New(ctx, js, cfg)
-	})
+	return provision(ctx, log, "notify", notify.New, js, cfg)
 }
 
 func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -170,6 +170,11 @@ func startup[T any](ctx context.Context, log *slog.Logger, what string, step fun
 	}
 }
 
+// provision creates a model or notify service with its New, through startup.
+func provision[C, S any](ctx context.Context, log *slog.Logger, name string, newService func(context.Context, jetstream.JetStream, C) (S, error), js jetstream.JetStream, cfg C) (S, error) {
+	return startup(ctx, log, "provision "+name, func(ctx context.Context) (S, error) { return newService(ctx, js, cfg) })
+}
+
 // supervise runs a component that can be started again until ctx ends,
 // starting it again (with backoff) whenever it fails: a pipeline that
 // lost its study assembler to a broker fault must get it back, not go on

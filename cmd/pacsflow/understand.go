@@ -176,9 +176,7 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	defer m.Close()
-	svc, err := startup(ctx, log, "provision understand", func(ctx context.Context) (*understand.Service, error) {
-		return understand.New(ctx, p.js, cfg)
-	})
+	svc, err := provision(ctx, log, "understand", understand.New, p.js, cfg)
 	if err != nil {
 		return err
 	}

@@ -293,9 +293,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 		if err != nil {
 			return err
 		}
-		usvc, err := startup(ctx, log, "provision understand", func(ctx context.Context) (*understand.Service, error) {
-			return understand.New(ctx, js, ucfg)
-		})
+		usvc, err := provision(ctx, log, "understand", understand.New, js, ucfg)
 		if err != nil {
 			m.Close()
 			return err
@@ -305,9 +303,7 @@ func runPipeline(ctx context.Context, f *pipelineFlags, embedded bool, stdout, s
 			gcfg, err := f.generate.config(m, store, *f.store.backend, bucket, streams, replicas)
 			if err == nil {
 				gcfg.Logger, gcfg.Registerer = log, reg
-				if gsvc, err = startup(ctx, log, "provision generate", func(ctx context.Context) (*generate.Service, error) {
-					return generate.New(ctx, js, gcfg)
-				}); err == nil {
+				if gsvc, err = provision(ctx, log, "generate", generate.New, js, gcfg); err == nil {
 					services["generate"] = gsvc.Run
 				}
 			}
