@@ -456,17 +456,6 @@ type scuRun struct {
 	err  error    // storescu's exit error
 }
 
-// successes reads the Successes of a storescu log, failing the test on a
-// log that does not parse.
-func successes(t *testing.T, p *process) []string {
-	t.Helper()
-	ok, err := storeSCUSuccesses(p.stderr.String())
-	if err != nil {
-		t.Fatalf("%v\n%s", err, p.stderr.String())
-	}
-	return ok
-}
-
 // testClusterNodeLoss: `pacsflow ingest` on the cluster receives two
 // studies from storescu, each over several associations, and one NATS node
 // is killed with SIGKILL during each:
@@ -877,26 +866,7 @@ func testClusterIngestKillLoop(t *testing.T, bin, natsBin string, rng *rand.Rand
 		for _, in := range batch {
 			sent[in.SOPInstanceUID] = in
 		}
-		scu := storeSCU(t, ing.dicomAddr, writeInstances(t, batch), "-d")
-		// The kill point: after a random number of responses (all of them:
-		// in the quiet period), plus a random delay of up to a few
-		// C-STOREs, so that it falls anywhere in the handling of an
-		// instance on any machine.
-		responses := rng.IntN(len(batch) + 1)
-		delay := time.Duration(rng.Int64N(int64(10 * time.Millisecond)))
-		for strings.Count(scu.stderr.String(), "C-STORE RSP") < responses && !exited(scu) {
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(delay)
-		if exited(ing.process) {
-			t.Fatalf("pacsflow ingest exited by itself (%v) in cycle %d:\n%s", ing.err, cycle+1, ing.stderr.String())
-		}
-		if err := ing.cmd.Process.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		<-ing.done
-		scuErr := scu.wait(t)
-		ok := successes(t, scu)
+		ok, at, scuErr := killMidSend(t, ing, batch, rng, 10*time.Millisecond)
 		got := map[string]bool{}
 		for _, sop := range ok {
 			acked[sop], got[sop] = true, true
@@ -907,48 +877,15 @@ func testClusterIngestKillLoop(t *testing.T, bin, natsBin string, rng *rand.Rand
 				retry = append(retry, in)
 			}
 		}
-		t.Logf("cycle %d: killed after %2d responses + %5dµs; storescu: %d of %d Success, exit %v",
-			cycle+1, responses, delay.Microseconds(), len(ok), len(batch), scuErr)
+		t.Logf("cycle %d: killed %s; storescu: %d of %d Success, exit %v", cycle+1, at, len(ok), len(batch), scuErr)
 	}
 
 	js := c.connect(t)
 	store := clusterStore(t, js)
-	versions := map[string]map[string]int{} // SOP Instance UID -> SHA-256 -> events
-	duplicates := 0
-	for _, e := range ofType(readEvents(t, js), events.TypeInstanceStored) {
-		d := decodeData[events.InstanceStored](t, e)
-		if versions[d.SOPInstanceUID] == nil {
-			versions[d.SOPInstanceUID] = map[string]int{}
-		}
-		if versions[d.SOPInstanceUID][d.Object.SHA256]++; versions[d.SOPInstanceUID][d.Object.SHA256] > 1 {
-			duplicates++
-		}
-		// Every event, acknowledged to storescu or not, must name an object
-		// that exists and holds what was sent.
-		in, known := sent[d.SOPInstanceUID]
-		_, ds, err := readStored(store, d.Object)
-		switch {
-		case !known:
-			t.Errorf("an event for %s, which was never sent", d.SOPInstanceUID)
-		case err != nil:
-			t.Errorf("event %s: %v", e.ID, err)
-		case !bytes.Equal(ds, in.DataSet()):
-			t.Errorf("event %s: the stored data set differs from what was sent", e.ID)
-		}
-	}
-	lost := 0
-	for sop := range acked {
-		if len(versions[sop]) == 0 {
-			lost++
-			t.Errorf("%s: storescu saw Success, but there is no pacs.instance.stored event", sop)
-		}
-	}
+	withEvents, duplicates, lost := reconcileKills(t, js, store, sent, acked)
 	slices.Sort(restarts)
 	t.Logf("%d kill -9 cycles: %d instances sent, %d answered Success, %d with events (%d repeated events of the same bytes), %d lost; ingest ready again after a kill in %s median, %s at most",
-		cycles, len(sent), len(acked), len(versions), duplicates, lost, restarts[len(restarts)/2].Round(time.Millisecond), restarts[len(restarts)-1].Round(time.Millisecond))
-	if len(acked) == 0 {
-		t.Error("storescu saw no Success at all: the kill points never fell after a C-STORE")
-	}
+		cycles, len(sent), len(acked), withEvents, duplicates, lost, restarts[len(restarts)/2].Round(time.Millisecond), restarts[len(restarts)-1].Round(time.Millisecond))
 }
 
 // understandLine is what `pacsflow understand` prints once it consumes.

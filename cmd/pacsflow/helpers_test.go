@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -148,6 +149,85 @@ func writeInstances(t *testing.T, ins []dicomtest.Instance) []string {
 		paths = append(paths, p)
 	}
 	return paths
+}
+
+// killMidSend sends batch to p with storescu -d and kills p with SIGKILL
+// after a random number of C-STORE responses (all of them at most: then in
+// the quiet period) plus a random delay below maxDelay, a few C-STOREs, so
+// that the kill falls anywhere in the handling of an instance on any
+// machine. It returns the SOP Instance UIDs storescu saw answered Success,
+// where the kill fell, and storescu's exit error.
+func killMidSend(t *testing.T, p *pipeline, batch []dicomtest.Instance, rng *rand.Rand, maxDelay time.Duration) (ok []string, at string, scuErr error) {
+	t.Helper()
+	scu := storeSCU(t, p.dicomAddr, writeInstances(t, batch), "-d")
+	responses := rng.IntN(len(batch) + 1)
+	delay := time.Duration(rng.Int64N(int64(maxDelay)))
+	for strings.Count(scu.stderr.String(), "C-STORE RSP") < responses && !exited(scu) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(delay)
+	if exited(p.process) {
+		t.Fatalf("pacsflow %s exited by itself (%v) before the kill:\n%s", p.args[0], p.err, p.stderr.String())
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	scuErr = scu.wait(t)
+	return successes(t, scu), fmt.Sprintf("after %2d responses + %5dµs", responses, delay.Microseconds()), scuErr
+}
+
+// reconcileKills checks what a kill -9 loop left: every pacs.instance.stored
+// event, acknowledged to storescu or not, names an object that holds what
+// was sent, and every SOP Instance UID storescu saw answered Success (acked)
+// has an event (those without are lost, and errors). It returns how many
+// instances have events, how many events repeat the bytes of an earlier one
+// (an instance stored before a kill and sent again), and how many
+// acknowledged instances were lost.
+func reconcileKills(t *testing.T, js jetstream.JetStream, store storage.Store, sent map[string]dicomtest.Instance, acked map[string]bool) (withEvents, repeated, lost int) {
+	t.Helper()
+	versions := map[string]map[string]bool{} // SOP Instance UID -> SHA-256 of its events
+	for _, e := range ofType(readEvents(t, js), events.TypeInstanceStored) {
+		d := decodeData[events.InstanceStored](t, e)
+		if versions[d.SOPInstanceUID] == nil {
+			versions[d.SOPInstanceUID] = map[string]bool{}
+		}
+		if versions[d.SOPInstanceUID][d.Object.SHA256] {
+			repeated++
+		}
+		versions[d.SOPInstanceUID][d.Object.SHA256] = true
+		in, known := sent[d.SOPInstanceUID]
+		_, ds, err := readStored(store, d.Object)
+		switch {
+		case !known:
+			t.Errorf("an event for %s, which was never sent", d.SOPInstanceUID)
+		case err != nil:
+			t.Errorf("event %s: %v", e.ID, err)
+		case !bytes.Equal(ds, in.DataSet()):
+			t.Errorf("event %s: the stored data set differs from what was sent", e.ID)
+		}
+	}
+	for sop := range acked {
+		if len(versions[sop]) == 0 {
+			lost++
+			t.Errorf("%s: storescu saw Success, but there is no pacs.instance.stored event", sop)
+		}
+	}
+	if len(acked) == 0 {
+		t.Error("storescu saw no Success at all: the kill points never fell after a C-STORE")
+	}
+	return len(versions), repeated, lost
+}
+
+// successes reads the Successes of p, a storescu -d, failing the test on a
+// log that does not parse.
+func successes(t *testing.T, p *process) []string {
+	t.Helper()
+	ok, err := storeSCUSuccesses(p.stderr.String())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, p.stderr.String())
+	}
+	return ok
 }
 
 // storeSCUSuccesses reads the log of `storescu -d` and returns the SOP
