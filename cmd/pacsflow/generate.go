@@ -94,10 +94,7 @@ func runGenerateServe(ctx context.Context, args []string, stdout, stderr io.Writ
 	sf := addServiceFlags(fs, "127.0.0.1:8083", "the request and preview endpoints, /metrics, /healthz and /readyz")
 	mf := addModelFlags(fs, false)
 	gf := addGenerateFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	log, err := sf.logger(stderr)
+	log, err := sf.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -114,10 +114,7 @@ func runNotify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			"must name the store ingest writes to (for the previews).", stderr)
 	sf := addServiceFlags(fs, "127.0.0.1:8082", "the worklist page, its API, /metrics, /healthz and /readyz")
 	nf := addNotifyFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	log, err := sf.logger(stderr)
+	log, err := sf.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}

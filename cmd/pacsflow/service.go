@@ -56,7 +56,11 @@ type serviceProcess struct {
 	stdout   io.Writer
 }
 
-func (f *serviceFlags) logger(stderr io.Writer) (*slog.Logger, error) {
+// parse parses the command line and returns the logger it asks for.
+func (f *serviceFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) (*slog.Logger, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
 	return newLogger(stderr, *f.level, *f.format)
 }
 

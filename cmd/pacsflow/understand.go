@@ -155,10 +155,7 @@ func runUnderstand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	sf := addServiceFlags(fs, "127.0.0.1:8081", "/metrics and /healthz")
 	maxAge := fs.Duration("events-max-age", 0, "keep each study's analysis this long (as the events stream keeps events: give ingest's --events-max-age); 0 keeps them")
 	uf := addUnderstandFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	log, err := sf.logger(stderr)
+	log, err := sf.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
